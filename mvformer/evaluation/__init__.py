@@ -1,0 +1,1 @@
+"""Embedding whole videos and the protocol metrics."""
