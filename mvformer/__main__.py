@@ -1,0 +1,5 @@
+import sys
+
+from mvformer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,276 @@
+"""Frozen image backbones that turn video frames into per-frame patch tokens and a CLS token.
+
+All backbones share the `FrozenBackbone` interface: normalised frames (F, 3, H, W) in, patch tokens
+(F, P, patch_dim) and CLS (F, cls_dim) out, computed without gradients and in chunks of frames.
+Build one by name with `build_backbone`; nothing here downloads weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Dinov2Model, Dinov2WithRegistersModel, PreTrainedModel, ViTConfig, ViTModel
+
+from mvformer.errors import MVFormerError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+TINY_SEED = 0
+PIXEL_PATCH_SIZE = 8
+POSITION_CHANNELS_PER_AXIS = 16
+
+
+class FrozenBackbone(nn.Module, ABC):
+    """A pretrained (or fixed) image encoder used as a frozen feature extractor.
+
+    Subclasses set `patch_dim`, `cls_dim`, `grid`, `image_size`, `mean`, `std`, implement `_encode`
+    for one chunk of frames and call `_freeze()` at the end of their constructor.
+    """
+
+    patch_dim: int
+    cls_dim: int
+    grid: tuple[int, int]
+    image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __init__(self, image_size: int, chunk_size: int = 64):
+        super().__init__()
+        if chunk_size < 1:
+            raise MVFormerError(f"backbone chunk_size {chunk_size}: must be at least 1")
+        self.image_size = image_size
+        self.chunk_size = chunk_size
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per frame, P = rows * cols."""
+        return self.grid[0] * self.grid[1]
+
+    def _freeze(self) -> None:
+        """No gradients, no dropout: the backbone is a fixed function of the frames."""
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        """Stay in eval mode whatever `mode` is, so a parent's `.train()` cannot enable dropout."""
+        return super().train(False)
+
+    @abstractmethod
+    def _encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode one chunk: (f, 3, S, S) -> patch tokens (f, P, patch_dim), CLS (f, cls_dim)."""
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised frames (F, 3, S, S), S = image_size -> patch tokens (F, P, patch_dim), CLS (F, cls_dim).
+
+        Frames are processed `chunk_size` at a time to bound activation memory.
+        """
+        expected = (3, self.image_size, self.image_size)
+        if frames.dim() != 4 or tuple(frames.shape[1:]) != expected:
+            raise MVFormerError(
+                f"backbone input of shape {tuple(frames.shape)}: expected (F, {', '.join(map(str, expected))})"
+            )
+        with torch.no_grad():
+            encoded = [self._encode(chunk) for chunk in frames.split(self.chunk_size)]
+        patch_tokens = torch.cat([patch for patch, _ in encoded])  # (F, P, patch_dim)
+        cls_tokens = torch.cat([cls for _, cls in encoded])  # (F, cls_dim)
+        return patch_tokens, cls_tokens
+
+
+class TransformerBackbone(FrozenBackbone):
+    """A Hugging Face ViT-style model (ViT/DINO, DINOv2) truncated after the deepest chosen block.
+
+    Patch tokens are the outputs of the chosen transformer blocks (0-based, before the final
+    layernorm, i.e. `hidden_states[i + 1]`), CLS/register tokens dropped, concatenated along
+    channels in the order given. The CLS token is the final layernorm applied to the CLS token of
+    the deepest chosen block; when that block is the model's last one this is exactly the standard
+    DINO CLS feature (`last_hidden_state[:, 0]`).
+    """
+
+    def __init__(
+        self, model: PreTrainedModel, blocks: list[int], image_size: int, chunk_size: int = 64, source: str = ""
+    ):
+        """`source` names where the model came from (weights folder, registry name) in error messages."""
+        super().__init__(image_size, chunk_size)
+        config = model.config
+        layers = _layer_list(model)
+        _check_blocks(blocks, len(layers), source or f"{config.model_type} backbone")
+        self.blocks = tuple(blocks)
+        self.embeddings = model.embeddings
+        self.layers = layers[: max(blocks) + 1]  # only the layers the chosen blocks need
+        self.layernorm = model.layernorm
+        self.num_prefix_tokens = 1 + getattr(config, "num_register_tokens", 0)  # CLS + registers
+        # ViT embeddings only resize their position table when asked; DINOv2 always interpolates.
+        resize = isinstance(model, ViTModel) and image_size != config.image_size
+        self.embedding_kwargs = {"interpolate_pos_encoding": True} if resize else {}
+        side = image_size // config.patch_size
+        self.grid = (side, side)
+        self.patch_dim = config.hidden_size * len(blocks)
+        self.cls_dim = config.hidden_size
+        self._freeze()
+
+    def _encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = self.layernorm.weight.dtype
+        hidden = self.embeddings(frames.to(dtype), **self.embedding_kwargs)  # (f, prefix + P, C)
+        block_outputs = []
+        for layer in self.layers:
+            hidden = layer(hidden)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # transformers 4.x returns tuples
+            block_outputs.append(hidden)
+        patch_tokens = torch.cat(
+            [block_outputs[i][:, self.num_prefix_tokens :] for i in self.blocks], dim=-1
+        )  # (f, P, C * len(blocks))
+        cls_token = self.layernorm(block_outputs[max(self.blocks)][:, 0])  # (f, C)
+        return patch_tokens, cls_token
+
+
+class PixelPatchBackbone(FrozenBackbone):
+    """Weight-free baseline: raw 8x8 pixel patches plus a fixed 2-D sinusoidal position code.
+
+    Patch token = [flattened pixels (3*8*8 = 192, ordered channel, row, col within the patch),
+    row code (16), column code (16)], so patch_dim = 224; patches are never mixed. CLS is the mean
+    of all patch tokens of the frame (cls_dim = patch_dim). Only block 0 exists.
+    """
+
+    def __init__(self, image_size: int, chunk_size: int = 64):
+        super().__init__(image_size, chunk_size)
+        side = image_size // PIXEL_PATCH_SIZE
+        self.grid = (side, side)
+        pixel_dim = 3 * PIXEL_PATCH_SIZE * PIXEL_PATCH_SIZE
+        self.patch_dim = pixel_dim + 2 * POSITION_CHANNELS_PER_AXIS
+        self.cls_dim = self.patch_dim
+        axis_code = _sinusoidal_code(side, POSITION_CHANNELS_PER_AXIS)  # (side, 16)
+        row_code = axis_code[:, None].expand(side, side, -1)  # (rows, cols, 16)
+        col_code = axis_code[None, :].expand(side, side, -1)  # (rows, cols, 16)
+        position_code = torch.cat([row_code, col_code], dim=-1).reshape(side * side, -1)  # (P, 32)
+        self.register_buffer("position_code", position_code, persistent=False)
+        self._freeze()
+
+    def _encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = F.unfold(frames, kernel_size=PIXEL_PATCH_SIZE, stride=PIXEL_PATCH_SIZE)  # (f, 192, P)
+        position = self.position_code.to(frames.dtype).expand(len(frames), -1, -1)  # (f, P, 32)
+        patch_tokens = torch.cat([pixels.transpose(1, 2), position], dim=-1)  # (f, P, 224)
+        return patch_tokens, patch_tokens.mean(dim=1)
+
+
+def _sinusoidal_code(length: int, channels: int) -> torch.Tensor:
+    """Transformer-style sin/cos code of positions 0..length-1: (length, channels)."""
+    frequencies = torch.exp(torch.arange(0, channels, 2) * (-math.log(10000.0) / channels))  # (channels/2,)
+    angles = torch.arange(length)[:, None] * frequencies[None, :]  # (length, channels/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def _layer_list(model: PreTrainedModel) -> nn.ModuleList:
+    """The transformer blocks: `model.layers` (ViT, transformers 5) or `model.encoder.layer`."""
+    return model.layers if hasattr(model, "layers") else model.encoder.layer
+
+
+def _check_blocks(blocks: list[int], num_layers: int, owner: str) -> None:
+    if not blocks:
+        raise MVFormerError(f"{owner}: blocks is empty, choose at least one block index")
+    if len(set(blocks)) != len(blocks):
+        raise MVFormerError(f"{owner}: blocks {list(blocks)} repeat an index")
+    bad = [i for i in blocks if not 0 <= i < num_layers]
+    if bad:
+        raise MVFormerError(f"{owner}: block index {bad[0]} out of range [0, {num_layers})")
+
+
+def _load_pretrained(
+    path: str | Path | None, model_classes: dict[str, type[PreTrainedModel]], name: str
+) -> PreTrainedModel:
+    """Load a local `save_pretrained` folder whose config.json model_type is one of `model_classes`."""
+    if path is None:
+        raise MVFormerError(f"backbone '{name}': no weights folder given (set the backbone path)")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise MVFormerError(f"{folder}: no weights folder (directory not found) for backbone '{name}'")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise MVFormerError(f"{folder}: no weights folder (config.json missing) for backbone '{name}'")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type not in model_classes:
+        raise MVFormerError(
+            f"{config_file}: model_type '{model_type}' does not fit backbone '{name}' "
+            f"(expected one of {sorted(model_classes)})"
+        )
+    model_class = model_classes[model_type]
+    options = {"local_files_only": True}
+    if model_type == "vit":
+        options["add_pooling_layer"] = False
+    if getattr(model_class, "_supports_sdpa", False):
+        options["attn_implementation"] = "sdpa"
+    try:
+        model = model_class.from_pretrained(folder, **options)
+    except OSError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise MVFormerError(f"{folder}: cannot load weights for backbone '{name}' ({reason})") from error
+    return model.float()
+
+
+def _build_vit(
+    blocks: list[int], path: str | Path | None, image_size: int, chunk_size: int
+) -> FrozenBackbone:
+    model = _load_pretrained(path, {"vit": ViTModel}, "vit")
+    return TransformerBackbone(model, blocks, image_size, chunk_size, source=f"{path} (vit backbone)")
+
+
+def _build_dinov2(
+    blocks: list[int], path: str | Path | None, image_size: int, chunk_size: int
+) -> FrozenBackbone:
+    classes = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
+    model = _load_pretrained(path, classes, "dinov2")
+    return TransformerBackbone(model, blocks, image_size, chunk_size, source=f"{path} (dinov2 backbone)")
+
+
+def _build_tiny(
+    blocks: list[int], path: str | Path | None, image_size: int, chunk_size: int
+) -> FrozenBackbone:
+    """Random 4-block ViT with fixed weights, for tests and demos; `path` is ignored."""
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=16 if image_size >= 128 else 8,
+        attn_implementation="sdpa",
+    )
+    with torch.random.fork_rng(devices=[]):  # deterministic weights, caller's RNG untouched
+        torch.manual_seed(TINY_SEED)
+        model = ViTModel(config, add_pooling_layer=False)
+    return TransformerBackbone(model, blocks, image_size, chunk_size, source="tiny backbone")
+
+
+def _build_patches(
+    blocks: list[int], path: str | Path | None, image_size: int, chunk_size: int
+) -> FrozenBackbone:
+    """Raw pixel patches; `blocks` must be [0] (the only block) and `path` is ignored."""
+    if list(blocks) != [0]:
+        raise MVFormerError(f"patches backbone: blocks {list(blocks)} invalid, it has only block [0]")
+    return PixelPatchBackbone(image_size, chunk_size)
+
+
+BACKBONES = {"vit": _build_vit, "dinov2": _build_dinov2, "tiny": _build_tiny, "patches": _build_patches}
+
+
+def build_backbone(
+    name: str,
+    blocks: list[int],
+    path: str | Path | None = None,
+    image_size: int = 224,
+    chunk_size: int = 64,
+) -> FrozenBackbone:
+    """Build a frozen backbone by registry name ("vit", "dinov2", "tiny", "patches").
+
+    `blocks` are 0-based transformer block indices whose patch tokens are concatenated;
+    `path` is a local `save_pretrained` folder (needed for "vit" and "dinov2" only).
+    """
+    if name not in BACKBONES:
+        raise MVFormerError(f"unknown backbone '{name}': known names are {', '.join(BACKBONES)}")
+    return BACKBONES[name](list(blocks), path, image_size, chunk_size)

@@ -1,0 +1,305 @@
+"""Typed, validated configuration: dataclasses loaded from YAML, overridable with dotted keys.
+
+One `Config` object travels down to every part of a run; nothing reads global state. Unknown keys,
+wrong types and out-of-range values are rejected with one line naming the file and the key.
+"""
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mvformer.data.augment import AugmentConfig
+from mvformer.errors import MVFormerError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class BackboneConfig:
+    """The frozen image backbone."""
+
+    name: str = "vit"  # vit (DINO) | dinov2 | tiny (random, tests) | patches (raw pixels, demo)
+    path: str | None = None  # local save_pretrained folder for vit / dinov2
+    blocks: list[int] = field(default_factory=lambda: [11])  # 0-based blocks whose patch tokens are concatenated
+    chunk_size: int = 64  # frames per backbone forward
+
+
+@dataclass
+class ModelConfig:
+    """The head on top of the frozen backbone (PROTOCOL.md, Penn Action configuration by default)."""
+
+    pooling: str = "lstp"  # lstp | cls | max | avg | fixed_width
+    num_tokens: int = 3
+    pool_dim: int = 384
+    token_id: str = "pooling"  # where a one-hot token id is appended: pooling | encoder | none
+    fc_layers: list[int] = field(default_factory=lambda: [512, 512])
+    dropout: float = 0.1
+    hidden_size: int = 256
+    time_encoding: str = "sinusoidal"  # sinusoidal | none
+    num_layers: int = 3
+    num_heads: int = 8
+    ff_dim: int = 1024
+    token_reduction: str = "first"  # first | mean | max | linear
+    embedding_size: int = 128
+    projection_size: int = 128
+    zero_visual_input: bool = False  # control: the head sees only the time encoding
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how training clips are drawn from them."""
+
+    root: str = ""
+    image_size: int = 224  # frames are decoded squashed to this square size
+    clip_len: int = 80  # frames per training view; also the time encoding's training length
+    max_stretch: float = 1.5  # views span ceil(r * L) frames, r ~ U(1, max_stretch)
+    preload: bool = False  # decode every video once into memory (small datasets)
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class LossConfig:
+    """Sequence contrastive loss."""
+
+    temperature: float = 0.1
+    variance: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, checkpoints and periodic evaluation."""
+
+    epochs: int = 500
+    batch_size: int = 1  # videos (each with two views) per step
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    warmup_epochs: int = 1
+    grad_clip: float = 10.0
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    eval_every: int = 50  # epochs; evaluation always runs after the last epoch too
+    checkpoint_every: int = 10  # epochs; a checkpoint is always written after the last epoch too
+    output_dir: str = "runs/default"
+
+
+@dataclass
+class EvalConfig:
+    """Protocol metrics (PROTOCOL.md)."""
+
+    stride: int = 2  # tau and AP@K use every stride-th frame
+    fractions: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0])
+    ks: list[int] = field(default_factory=lambda: [5, 10, 15])
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    name: str = "run"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dicts and lists (tuples become lists), as YAML and checkpoints store it."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+CHOICES = {
+    "backbone.name": ("vit", "dinov2", "tiny", "patches"),
+    "model.pooling": ("lstp", "cls", "max", "avg", "fixed_width"),
+    "model.token_id": ("pooling", "encoder", "none"),
+    "model.time_encoding": ("sinusoidal", "none"),
+    "model.token_reduction": ("first", "mean", "max", "linear"),
+    "train.precision": ("fp32", "bf16"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+POSITIVE = (
+    "backbone.chunk_size", "model.num_tokens", "model.pool_dim", "model.hidden_size", "model.num_heads",
+    "model.ff_dim", "model.embedding_size", "model.projection_size", "data.image_size", "data.clip_len",
+    "train.epochs", "train.batch_size", "train.eval_every", "train.checkpoint_every", "eval.stride",
+    "loss.temperature", "loss.variance",
+)
+
+
+def _convert(value, annotation, key: str, source: str):
+    """Check `value` against a type annotation; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(annotation):
+            return None
+        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+        origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise MVFormerError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return _build(annotation, value, source, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise MVFormerError(f"{source}: '{key}' must be a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_convert(item, item_type, key, source) for item in value]
+    if origin is tuple:
+        item_types = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise MVFormerError(f"{source}: '{key}' must be a list of {len(item_types)} values, got {value!r}")
+        return tuple(_convert(item, item_type, key, source) for item, item_type in zip(value, item_types))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if annotation is bool and not isinstance(value, bool):
+        raise MVFormerError(f"{source}: '{key}' must be true or false, got {value!r}")
+    if annotation in (int, float) and isinstance(value, bool) or not isinstance(value, annotation):
+        raise MVFormerError(f"{source}: '{key}' must be {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, source: str, prefix: str = ""):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            hint = difflib.get_close_matches(key, fields, n=1)
+            suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+            raise MVFormerError(f"{source}: unknown key '{prefix}{key}'{suggestion}")
+        values[key] = _convert(value, typing.get_type_hints(cls)[key], prefix + key, source)
+    try:
+        return cls(**values)
+    except MVFormerError as error:  # a section's own range checks
+        raise MVFormerError(f"{source}: {error}") from None
+
+
+def _validate(config: Config, source: str) -> None:
+    flat = _flatten(config.to_dict())
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise MVFormerError(f"{source}: '{key}' is {flat[key]!r}; choose one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        if flat[key] <= 0:
+            raise MVFormerError(f"{source}: '{key}' must be positive, got {flat[key]}")
+    if not config.backbone.blocks:
+        raise MVFormerError(f"{source}: 'backbone.blocks' must name at least one block")
+    if config.model.hidden_size % config.model.num_heads:
+        raise MVFormerError(f"{source}: 'model.hidden_size' ({config.model.hidden_size}) must be divisible "
+                            f"by 'model.num_heads' ({config.model.num_heads})")
+    if not 0 <= config.model.dropout < 1:
+        raise MVFormerError(f"{source}: 'model.dropout' must be in [0, 1), got {config.model.dropout}")
+    if config.data.max_stretch < 1:
+        raise MVFormerError(f"{source}: 'data.max_stretch' must be >= 1, got {config.data.max_stretch}")
+    if any(not 0 < f <= 1 for f in config.eval.fractions):
+        raise MVFormerError(f"{source}: 'eval.fractions' must lie in (0, 1], got {config.eval.fractions}")
+    if config.model.pooling in ("cls", "max", "avg") and config.model.num_tokens != 1:
+        raise MVFormerError(f"{source}: late-fusion pooling '{config.model.pooling}' gives one token per "
+                            f"frame; set 'model.num_tokens' to 1")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def apply_overrides(tree: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, in place."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise MVFormerError(f"{source}: expected KEY=VALUE, got {override!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise MVFormerError(f"{source}: cannot parse the value of {key!r}: {raw!r}") from None
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MVFormerError(f"{source}: '{key}' does not name a config key")
+        node[leaf] = value
+    return tree
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a shipped config (e.g. `penn_action`, `demo`)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise MVFormerError(f"{path}: config file not found")
+        return path
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise MVFormerError(f"{name_or_path}: no such config file or shipped config (shipped: {known})")
+    return shipped
+
+
+def config_from_dict(tree: dict, source: str = "config") -> Config:
+    """Build and validate a Config from a nested dict (e.g. one stored in a checkpoint)."""
+    config = _build(Config, tree, source)
+    _validate(config, source)
+    return config
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def _read_yaml_tree(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The YAML mapping of a config, with its optional `base:` (another config it extends) merged in."""
+    path = resolve_config_path(name_or_path)
+    if path in seen:
+        raise MVFormerError(f"{path}: 'base' chain loops back to itself")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise MVFormerError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise MVFormerError(f"{path}: a config must be a mapping of sections")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    base_path = path.parent / base if str(base).endswith((".yaml", ".yml")) else base
+    return _merge(_read_yaml_tree(base_path, (*seen, path)), tree)
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when None), apply dotted overrides and validate."""
+    tree, source = {}, "defaults"
+    if name_or_path is not None:
+        tree, source = _read_yaml_tree(name_or_path), str(resolve_config_path(name_or_path))
+    apply_overrides(tree, list(overrides))
+    return config_from_dict(tree, source)
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

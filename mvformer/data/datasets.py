@@ -1,0 +1,166 @@
+"""The generic "your own videos" dataset layout, checked up front so that mistakes surface before training.
+
+ROOT/videos/NAME.mp4 (any container PyAV reads) or ROOT/videos/NAME/ (a folder of numbered frame images)
+ROOT/labels/NAME.csv    optional; header `frame,label`, one row per decoded frame, label an integer
+                        (-1 = unlabelled) or a class name from classes.txt
+ROOT/classes.txt        optional; one class name per line, line order = class index
+ROOT/splits/SPLIT.txt   one NAME per line
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mvformer.data.video import IMAGE_SUFFIXES, FrameIndices, as_frame_indices, count_frames, read_video
+from mvformer.errors import MVFormerError
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a split: its name, file or frame folder, decoded frame count and per-frame labels."""
+
+    name: str
+    path: Path
+    num_frames: int
+    labels: np.ndarray | None  # int64 (num_frames,), -1 = unlabelled; None when the dataset has no labels
+
+
+def _read_text(path: Path, root: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise MVFormerError(f"{root}: {path.relative_to(root)} is not UTF-8 text") from None
+
+
+def _read_names(path: Path, root: Path, shown: str, what: str) -> list[str]:
+    """Non-blank, stripped lines of a text file, each at most once; `shown` names the file in errors."""
+    names = [line.strip() for line in _read_text(path, root).splitlines() if line.strip()]
+    if not names:
+        raise MVFormerError(f"{root}: {shown} lists no {what}")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise MVFormerError(f"{root}: {shown} lists {name!r} twice")
+        seen.add(name)
+    return names
+
+
+def _find_video(root: Path, name: str, split_file: str) -> Path:
+    """videos/NAME/ if it is a frame folder, else the one file videos/NAME.<ext>."""
+    folder = root / "videos" / name
+    if folder.is_dir():
+        return folder
+    candidates = [path for path in (root / "videos").glob(f"{name}.*")
+                  if path.is_file() and path.stem == name and path.suffix.lower() not in IMAGE_SUFFIXES]
+    if not candidates:
+        raise MVFormerError(f"{root}: {split_file} names video {name!r} but there is no videos/{name}.mp4 (or other "
+                            f"container) nor videos/{name}/ frame folder")
+    if len(candidates) > 1:
+        found = ", ".join(sorted(path.name for path in candidates))
+        raise MVFormerError(f"{root}: video {name!r} is ambiguous, videos/ holds {found}")
+    return candidates[0]
+
+
+def _parse_label(value: str, classes: list[str] | None) -> int | None:
+    """Class index of one label cell: a class name or an integer (-1 = unlabelled); None if neither."""
+    if classes is not None and value in classes:
+        return classes.index(value)
+    try:
+        label = int(value)
+    except ValueError:
+        return None
+    if label < -1 or (classes is not None and label >= len(classes)):
+        return None
+    return label
+
+
+def _read_labels(path: Path, root: Path, classes: list[str] | None) -> np.ndarray:
+    """Labels int64 (rows,) of one label CSV, checking header, frame numbering and label values."""
+    shown = path.relative_to(root)
+    rows = [row for row in csv.reader(_read_text(path, root).splitlines()) if row]
+    if not rows or [cell.strip() for cell in rows[0]] != ["frame", "label"]:
+        header = ",".join(rows[0]) if rows else "nothing"
+        raise MVFormerError(f"{root}: {shown} must start with the header 'frame,label', found '{header}'")
+    labels = np.empty(len(rows) - 1, dtype=np.int64)
+    for frame, row in enumerate(rows[1:]):
+        line = frame + 2
+        if len(row) != 2 or row[0].strip() != str(frame):
+            raise MVFormerError(f"{root}: {shown} line {line}: expected '{frame},LABEL', found '{','.join(row)}'")
+        label = _parse_label(row[1].strip(), classes)
+        if label is None:
+            if classes:
+                known = f"a name in classes.txt or an integer in [-1, {len(classes) - 1}]"
+            else:
+                known = "an integer >= -1 (there is no classes.txt)"
+            raise MVFormerError(f"{root}: {shown} line {line}: label {row[1]!r} is not {known}")
+        labels[frame] = label
+    return labels
+
+
+class VideoDataset:
+    """The videos of one split, validated at construction: frame counts, labels, classes.
+
+    size: frames are decoded squashed to size x size (None = native size).
+    preload: decode every video once now and serve frames from memory.
+    num_classes: len(classes.txt), else 1 + the largest label of this split, else None without labels.
+    """
+
+    def __init__(self, root: str | Path, split: str, size: int | None = None, preload: bool = False) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.size = size
+        if not self.root.is_dir():
+            raise MVFormerError(f"{self.root}: dataset root does not exist or is not a folder")
+        split_path = self.root / "splits" / f"{split}.txt"
+        if not split_path.is_file():
+            raise MVFormerError(f"{self.root}: split file splits/{split}.txt does not exist")
+        names = _read_names(split_path, self.root, f"split file splits/{split}.txt", "videos")
+        classes_path = self.root / "classes.txt"
+        has_classes = classes_path.is_file()
+        self.classes = _read_names(classes_path, self.root, "classes.txt", "classes") if has_classes else None
+        paths = [_find_video(self.root, name, f"splits/{split}.txt") for name in names]
+        has_labels = (self.root / "labels").is_dir()
+        labels = [self._read_video_labels(name) if has_labels else None for name in names]  # before slow decoding
+
+        self._videos: list[np.ndarray] | None = None  # each (T, H, W, 3) when preloaded
+        if preload:
+            progress = tqdm(paths, desc=f"decoding {split} videos", unit="video")
+            self._videos = [read_video(path, size) for path in progress]
+            counts = [len(video) for video in self._videos]
+        else:
+            counts = [count_frames(path) for path in paths]
+        for name, path, num_frames, video_labels in zip(names, paths, counts, labels):
+            if video_labels is not None and len(video_labels) != num_frames:
+                raise MVFormerError(f"{self.root}: labels/{name}.csv has {len(video_labels)} rows but "
+                                    f"{path.relative_to(self.root)} has {num_frames} frames")
+        self.records = [VideoRecord(*fields) for fields in zip(names, paths, counts, labels)]
+        self.num_classes = len(self.classes) if self.classes is not None else self._largest_label_plus_one()
+
+    def _read_video_labels(self, name: str) -> np.ndarray:
+        path = self.root / "labels" / f"{name}.csv"
+        if not path.is_file():
+            raise MVFormerError(f"{self.root}: labels/ exists but labels/{name}.csv does not")
+        return _read_labels(path, self.root, self.classes)
+
+    def _largest_label_plus_one(self) -> int | None:
+        """Class count inferred from integer labels (no classes.txt); None when no frame is labelled."""
+        largest = max((int(r.labels.max()) for r in self.records if r.labels is not None and len(r.labels)), default=-1)
+        return largest + 1 if largest >= 0 else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def frames(self, i: int, indices: FrameIndices | None = None) -> np.ndarray:
+        """Frames of video i, uint8 (T, H, W, 3) at the dataset's size; only `indices` (sorted) if given."""
+        record = self.records[i]
+        if self._videos is None:
+            return read_video(record.path, self.size, indices)
+        video = self._videos[i]  # (T, H, W, 3)
+        if indices is None:
+            return video.copy()
+        return video[as_frame_indices(indices, record.path, len(video))]

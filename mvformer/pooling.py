@@ -1,0 +1,101 @@
+"""Frame poolers: patch tokens of one frame -> a few tokens per frame.
+
+`lstp` is MV-Former's Learnable Spatial Token Pooling (N entity tokens per frame). `cls`, `max` and
+`avg` are the late-fusion (CARL-style) baselines, one token per frame. `fixed_width` expands the CLS
+vector linearly to N tokens: the same width as LSTP without any spatial entity selection.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SpatialTokenPooling(nn.Module):
+    """N learned queries cross-attend (single head, width `dim`) to the patch tokens of each frame.
+
+    keys = W_k x + b_k and values = W_v x + b_v are linear maps of the patch tokens x (the CLS token is
+    not a key). Computed in the cheap order: the query is pulled back into patch space (q W_k), so
+    attention runs on the C-channel patches directly and the value map is applied to the N pooled
+    vectors only, never to all P patches. Both rewrites are exact: q . b_k is the same for every patch
+    of a query (softmax ignores it) and the attention weights sum to one (so the value bias passes
+    through unchanged).
+    """
+
+    def __init__(self, in_dim: int, num_tokens: int, dim: int = 384):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.out_dim = dim
+        self.queries = nn.Parameter(torch.randn(num_tokens, dim) * dim**-0.5)
+        self.key = nn.Linear(in_dim, dim)
+        self.value = nn.Linear(in_dim, dim)
+
+    def _patch_space_queries(self) -> torch.Tensor:
+        return self.queries @ self.key.weight  # (N, C)
+
+    def forward(self, patches: torch.Tensor, cls: torch.Tensor | None = None) -> torch.Tensor:
+        """patches (F, P, C) -> entity tokens (F, N, dim)."""
+        queries = self._patch_space_queries().expand(patches.shape[0], -1, -1)  # (F, N, C)
+        pooled = F.scaled_dot_product_attention(queries, patches, patches, scale=self.out_dim**-0.5)  # (F, N, C)
+        return self.value(pooled)
+
+    def attention(self, patches: torch.Tensor) -> torch.Tensor:
+        """Attention of each query over the patches, (F, N, P); every row sums to one."""
+        scores = patches @ self._patch_space_queries().T * self.out_dim**-0.5  # (F, P, N)
+        return scores.softmax(dim=1).transpose(1, 2)
+
+
+class ClsPooling(nn.Module):
+    """Late fusion with the backbone's CLS token: one token per frame."""
+
+    num_tokens = 1
+
+    def __init__(self, cls_dim: int):
+        super().__init__()
+        self.out_dim = cls_dim
+
+    def forward(self, patches: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        return cls[:, None, :]  # (F, 1, C_cls)
+
+
+class PatchPooling(nn.Module):
+    """Late fusion by max or average pooling of all patch tokens: one token per frame."""
+
+    num_tokens = 1
+
+    def __init__(self, in_dim: int, mode: str):
+        super().__init__()
+        self.out_dim = in_dim
+        self.mode = mode
+
+    def forward(self, patches: torch.Tensor, cls: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = patches.amax(dim=1) if self.mode == "max" else patches.mean(dim=1)  # (F, C)
+        return pooled[:, None, :]
+
+
+class FixedWidthPooling(nn.Module):
+    """The CLS vector expanded linearly to N tokens of width `dim`: LSTP's width without entities."""
+
+    def __init__(self, cls_dim: int, num_tokens: int, dim: int = 384):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.out_dim = dim
+        self.expand = nn.Linear(cls_dim, num_tokens * dim)
+
+    def forward(self, patches: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        return self.expand(cls).view(cls.shape[0], self.num_tokens, self.out_dim)  # (F, N, dim)
+
+
+POOLINGS = ("lstp", "cls", "max", "avg", "fixed_width")
+
+
+def build_pooling(kind: str, patch_dim: int, cls_dim: int, num_tokens: int, dim: int) -> nn.Module:
+    """The pooler named `kind` (one of POOLINGS) for backbone features of the given widths."""
+    if kind == "lstp":
+        return SpatialTokenPooling(patch_dim, num_tokens, dim)
+    if kind == "cls":
+        return ClsPooling(cls_dim)
+    if kind in ("max", "avg"):
+        return PatchPooling(patch_dim, kind)
+    if kind == "fixed_width":
+        return FixedWidthPooling(cls_dim, num_tokens, dim)
+    raise ValueError(f"unknown pooling {kind!r}; choose one of {', '.join(POOLINGS)}")

@@ -1,0 +1,277 @@
+"""Decoding (files and frame folders), encoding, and the generic dataset layout with its validation errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mvformer.data.datasets import VideoDataset, VideoRecord
+from mvformer.data.video import count_frames, read_video, write_video
+from mvformer.errors import MVFormerError
+
+PUSHUPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pushups"
+
+
+def smooth_frames(num_frames: int = 12, height: int = 48, width: int = 64) -> np.ndarray:
+    """Smooth moving colour gradients, uint8 (T, H, W, 3), each frame distinct."""
+    t = np.arange(num_frames)[:, None, None]
+    y, x = np.mgrid[0:height, 0:width]
+    red = 40 + 2.5 * x[None] + 6 * t
+    green = 30 + 3 * y[None] + 0 * t
+    blue = 200 - 2 * x[None] - 5 * t
+    return np.clip(np.stack([red, green, blue], axis=-1), 0, 255).astype(np.uint8)
+
+
+def mean_abs_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+def write_frame_folder(folder: Path, frames: np.ndarray, names: list[str]) -> None:
+    folder.mkdir(parents=True)
+    for frame, name in zip(frames, names):
+        Image.fromarray(frame).save(folder / name, quality=95)
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    frames = smooth_frames()
+    path = tmp_path / "clip.mp4"
+    write_video(path, frames)
+    return path, frames
+
+
+# --- video files ---------------------------------------------------------------------------------------------
+
+
+def test_roundtrip_keeps_frames_and_colours(video):
+    path, frames = video
+    decoded = read_video(path)
+    assert decoded.dtype == np.uint8 and decoded.shape == frames.shape
+    assert mean_abs_error(decoded, frames) < 8
+    assert count_frames(path) == len(frames)
+
+
+def test_write_leaves_only_the_final_file(video):
+    path, _ = video
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_indices_pick_exactly_those_frames(video):
+    path, _ = video
+    full = read_video(path)
+    for indices in ([0, 0, 3], [2, 5, 5, 11], np.array([11]), [0]):
+        assert np.array_equal(read_video(path, indices=indices), full[np.asarray(indices)])
+    assert read_video(path, indices=[]).shape == (0, *full.shape[1:])
+
+
+def test_size_squashes_in_the_decoder(tmp_path):
+    frames = smooth_frames(4, 64, 64)
+    path = tmp_path / "square.mp4"
+    write_video(path, frames)
+    small = read_video(path, size=32)
+    assert small.shape == (4, 32, 32, 3)
+    block_means = frames.reshape(4, 32, 2, 32, 2, 3).mean(axis=(2, 4))
+    assert mean_abs_error(small, block_means) < 8
+    assert read_video(path, size=16, indices=[1, 3]).shape == (2, 16, 16, 3)
+
+
+@pytest.mark.parametrize("indices", [[3, 12], [3, 1], [-1, 2]])
+def test_bad_indices_raise(video, indices):
+    path, _ = video
+    with pytest.raises(MVFormerError, match="clip.mp4"):
+        read_video(path, indices=indices)
+
+
+def test_write_rejects_bad_frames(tmp_path):
+    with pytest.raises(MVFormerError, match="even"):
+        write_video(tmp_path / "odd.mp4", np.zeros((2, 15, 16, 3), np.uint8))
+    with pytest.raises(MVFormerError, match="uint8"):
+        write_video(tmp_path / "float.mp4", np.zeros((2, 16, 16, 3), np.float32))
+
+
+def test_corrupt_truncated_and_missing_files_raise(video, tmp_path):
+    path, _ = video
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    truncated = tmp_path / "truncated.mp4"
+    data = path.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    for bad in (corrupt, truncated, tmp_path / "missing.mp4"):
+        for decode in (read_video, count_frames):
+            with pytest.raises(MVFormerError, match=rf"{bad.name}: cannot decode video \(.+\)"):
+                decode(bad)
+
+
+# --- frame folders --------------------------------------------------------------------------------------------
+
+
+def test_frame_folder_reads_in_numeric_order(tmp_path):
+    frames = smooth_frames(12)
+    folder = tmp_path / "frames"
+    write_frame_folder(folder, frames, [f"frame_{i + 1}.jpg" for i in range(12)])  # 1, 10, 11, 12, 2, ... as text
+    decoded = read_video(folder)
+    assert decoded.shape == frames.shape
+    assert mean_abs_error(decoded, frames) < 8
+    assert count_frames(folder) == 12
+    assert np.array_equal(read_video(folder, indices=[0, 0, 9]), decoded[[0, 0, 9]])
+    assert read_video(folder, size=32).shape == (12, 32, 32, 3)
+
+
+def test_frame_folder_gap_names_folder_and_missing_number(tmp_path):
+    folder = tmp_path / "gappy"
+    write_frame_folder(folder, smooth_frames(4), ["000001.jpg", "000002.jpg", "000004.jpg", "000005.jpg"])
+    for decode in (read_video, count_frames):
+        with pytest.raises(MVFormerError, match=r"gappy.*frame 3 is missing"):
+            decode(folder)
+
+
+# --- dataset layout -------------------------------------------------------------------------------------------
+
+
+def write_labels(path: Path, labels: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["frame", "label"])
+        writer.writerows(enumerate(labels))
+
+
+@pytest.fixture
+def dataset_root(tmp_path: Path) -> Path:
+    """Two train videos (an mp4 labelled by class name, a frame folder labelled by integer) and one val mp4."""
+    root = tmp_path / "data"
+    write_video(root / "videos" / "alpha.mp4", smooth_frames(10))
+    write_frame_folder(root / "videos" / "beta", smooth_frames(6), [f"{i + 1:06d}.jpg" for i in range(6)])
+    write_video(root / "videos" / "gamma.mp4", smooth_frames(8))
+    (root / "classes.txt").write_text("up\ndown\n")
+    write_labels(root / "labels" / "alpha.csv", ["up"] * 4 + ["down"] * 6)
+    write_labels(root / "labels" / "beta.csv", [0, 0, -1, 1, 1, 1])
+    write_labels(root / "labels" / "gamma.csv", ["down"] * 8)
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("alpha\nbeta\n")
+    (root / "splits" / "val.txt").write_text("gamma\n")
+    return root
+
+
+def test_dataset_records_labels_and_frames(dataset_root):
+    dataset = VideoDataset(dataset_root, "train", size=32)
+    assert len(dataset) == 2 and dataset.classes == ["up", "down"] and dataset.num_classes == 2
+    alpha, beta = dataset.records
+    assert isinstance(alpha, VideoRecord)
+    assert (alpha.name, alpha.path.name, alpha.num_frames) == ("alpha", "alpha.mp4", 10)
+    assert alpha.labels.dtype == np.int64 and alpha.labels.tolist() == [0] * 4 + [1] * 6
+    assert (beta.path.name, beta.num_frames, beta.labels.tolist()) == ("beta", 6, [0, 0, -1, 1, 1, 1])
+    assert dataset.frames(0).shape == (10, 32, 32, 3)
+    assert dataset.frames(1, indices=[1, 5]).shape == (2, 32, 32, 3)
+
+
+def test_preload_serves_the_same_frames(dataset_root):
+    lazy = VideoDataset(dataset_root, "train")
+    preloaded = VideoDataset(dataset_root, "train", preload=True)
+    assert [r.num_frames for r in preloaded.records] == [r.num_frames for r in lazy.records]
+    for i in range(len(lazy)):
+        assert np.array_equal(preloaded.frames(i), lazy.frames(i))
+        assert np.array_equal(preloaded.frames(i, [0, 0, 3]), lazy.frames(i, [0, 0, 3]))
+    with pytest.raises(MVFormerError, match="out of range"):
+        preloaded.frames(1, [6])
+
+
+def test_labels_are_optional(dataset_root):
+    for path in (dataset_root / "labels").iterdir():
+        path.unlink()
+    (dataset_root / "labels").rmdir()
+    (dataset_root / "classes.txt").unlink()
+    dataset = VideoDataset(dataset_root, "val")
+    assert dataset.records[0].labels is None and dataset.classes is None and dataset.num_classes is None
+
+
+def test_integer_labels_without_classes_file(dataset_root):
+    (dataset_root / "classes.txt").unlink()
+    write_labels(dataset_root / "labels" / "gamma.csv", [0, 1, 2, 2, 2, 2, 2, -1])
+    dataset = VideoDataset(dataset_root, "val")
+    assert dataset.classes is None and dataset.num_classes == 3
+
+
+def break_missing_root(root: Path) -> Path:
+    return root / "nowhere"
+
+
+def break_missing_split(root: Path) -> Path:
+    (root / "splits" / "train.txt").unlink()
+    return root
+
+
+def break_empty_split(root: Path) -> Path:
+    (root / "splits" / "train.txt").write_text("\n")
+    return root
+
+
+def break_missing_video(root: Path) -> Path:
+    (root / "splits" / "train.txt").write_text("alpha\nghost\n")
+    return root
+
+
+def break_header(root: Path) -> Path:
+    (root / "labels" / "alpha.csv").write_text("frame,phase\n" + "".join(f"{i},up\n" for i in range(10)))
+    return root
+
+
+def break_label_name(root: Path) -> Path:
+    write_labels(root / "labels" / "alpha.csv", ["up"] * 9 + ["sideways"])
+    return root
+
+
+def break_row_count(root: Path) -> Path:
+    write_labels(root / "labels" / "alpha.csv", ["up"] * 9)
+    return root
+
+
+def break_video(root: Path) -> Path:
+    (root / "videos" / "alpha.mp4").write_bytes(b"not a video at all" * 100)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("break_layout", "message"),
+    [
+        (break_missing_root, "nowhere: dataset root does not exist"),
+        (break_missing_split, "splits/train.txt does not exist"),
+        (break_empty_split, "split file splits/train.txt lists no videos"),
+        (break_missing_video, "splits/train.txt names video 'ghost'"),
+        (break_header, "labels/alpha.csv must start with the header 'frame,label'"),
+        (break_label_name, "labels/alpha.csv line 11: label 'sideways' is not a name in classes.txt"),
+        (break_row_count, "labels/alpha.csv has 9 rows but videos/alpha.mp4 has 10 frames"),
+        (break_video, r"alpha.mp4: cannot decode video"),
+    ],
+)
+def test_layout_problems_name_the_file(dataset_root, break_layout, message):
+    root = break_layout(dataset_root)
+    with pytest.raises(MVFormerError, match=message):
+        VideoDataset(root, "train")
+
+
+@pytest.mark.skipif(not PUSHUPS.is_dir(), reason="shared pushups dataset not present")
+def test_real_pushups_videos_match_their_labels(tmp_path):
+    """A few real val videos: decoded frame counts agree with label rows and with the manifest."""
+    names = (PUSHUPS / "splits" / "val.txt").read_text().split()[:3]
+    root = tmp_path / "pushups"
+    (root / "splits").mkdir(parents=True)
+    (root / "splits" / "val.txt").write_text("\n".join(names) + "\n")
+    for entry in ("videos", "labels", "classes.txt"):
+        (root / entry).symlink_to(PUSHUPS / entry)
+    with (PUSHUPS / "MANIFEST.csv").open() as file:
+        manifest = {row["name"]: int(row["frames"]) for row in csv.DictReader(file)}
+
+    dataset = VideoDataset(root, "val", size=64, preload=True)
+    assert dataset.classes == ["up", "down"] and len(dataset) == 3
+    for i, record in enumerate(dataset.records):
+        frames = dataset.frames(i)
+        assert frames.shape == (record.num_frames, 64, 64, 3)
+        assert len(record.labels) == record.num_frames == manifest[record.name]
+        assert set(record.labels.tolist()) <= {0, 1}
+    first = dataset.records[0]
+    assert np.array_equal(read_video(first.path, size=64, indices=[0, 5]), dataset.frames(0, [0, 5]))
