@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,14 +11,14 @@ from mvformer.errors import MVFormerError
 
 def _cmd_demo(args) -> None:
     from mvformer.demo import run_demo
-    run_demo(Path(args.out), args.seeds, args.set, progress=not args.no_progress)
+    run_demo(Path(args.out), args.seeds, args.set)
 
 
 def _cmd_train(args) -> None:
     from mvformer.config import load_config
     from mvformer.train import train
     config = load_config(args.config, args.set)
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    result = train(config, resume=args.resume)
     print(f"checkpoint and metrics in {result.run_dir}")
     if result.final_metrics:
         print(json.dumps(result.final_metrics, indent=2))
@@ -25,7 +26,7 @@ def _cmd_train(args) -> None:
 
 def _cmd_evaluate(args) -> None:
     from mvformer.evaluation.report import evaluate_checkpoint
-    evaluate_checkpoint(args.checkpoint, data_root=args.data, out_dir=args.out, progress=not args.no_progress)
+    evaluate_checkpoint(args.checkpoint, data_root=args.data, out_dir=args.out)
 
 
 def _cmd_synthetic(args) -> None:
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.no_progress:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* variables
     try:
         args.handler(args)
     except MVFormerError as error:

@@ -51,18 +51,18 @@ def _row(metrics: dict) -> list[float]:
 
 
 def run_variant(variant: Variant, base: Config, seed: int, run_dir: Path, train_set: VideoDataset,
-                val_set: VideoDataset, backbone, progress: bool) -> tuple[list[float], list[tuple[int, float]]]:
+                val_set: VideoDataset, backbone) -> tuple[list[float], list[tuple[int, float]]]:
     """Train (or not) one variant with one seed; returns its metric row and its loss curve."""
-    tree = apply_overrides(base.to_dict(), [*variant.overrides, f"train.seed={seed}",
-                                            f"train.output_dir={run_dir / f'{_slug(variant.label)}_seed{seed}'}",
-                                            f"name={variant.label} (seed {seed})"])
+    tree = apply_overrides(base.to_dict(), list(variant.overrides))
+    tree["name"] = f"{variant.label} (seed {seed})"
+    tree["train"].update(seed=seed, output_dir=str(run_dir / f"{_slug(variant.label)}_seed{seed}"))
     config = config_from_dict(tree, "demo")
     if not variant.trained:
         seed_everything(seed)
         device = resolve_device(config.train.device)
         model = MVFormer(config, backbone).to(device).eval()
         return _row(evaluate_model(model, train_set, val_set, config.eval, device)), []
-    result = train(config, train_set, val_set, progress=progress, backbone=backbone)
+    result = train(config, train_set, val_set, backbone=backbone)
     curve = [(r["epoch"], r["loss"]) for r in read_metrics(result.run_dir) if "loss" in r]
     return _row(result.final_metrics), curve
 
@@ -80,8 +80,7 @@ def format_table(rows: dict[str, np.ndarray]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out_dir: Path, seeds: list[int], config_overrides: list[str] = (), progress: bool = True,
-             log=print) -> dict[str, np.ndarray]:
+def run_demo(out_dir: Path, seeds: list[int], config_overrides: list[str] = (), log=print) -> dict[str, np.ndarray]:
     """Generate the synthetic set (once), run every variant for every seed, write the results."""
     out_dir = Path(out_dir)
     base = load_config("demo", [f"data.root={out_dir / 'data'}", *config_overrides])
@@ -100,7 +99,7 @@ def run_demo(out_dir: Path, seeds: list[int], config_overrides: list[str] = (), 
     for variant in VARIANTS:
         results = []
         for seed in seeds:
-            row, curve = run_variant(variant, base, seed, out_dir, train_set, val_set, backbone, progress)
+            row, curve = run_variant(variant, base, seed, out_dir, train_set, val_set, backbone)
             results.append(row)
             if curve and seed == seeds[0]:
                 curves[variant.label] = curve

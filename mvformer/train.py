@@ -162,7 +162,7 @@ def _load_split(config: Config, split: str) -> VideoDataset:
 
 
 def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoDataset | None = None,
-          resume: bool = False, progress: bool = True, backbone=None) -> TrainResult:
+          resume: bool = False, backbone=None) -> TrainResult:
     """Train `config` end to end; datasets and backbone may be passed in to share them between runs."""
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
@@ -199,7 +199,7 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
     augment = config.data.augment if config.data.augment.enabled else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
     epochs = config.train.epochs
-    bar = tqdm(total=(epochs - start_epoch) * len(loader), desc=config.name, disable=not progress, unit="step")
+    bar = tqdm(total=(epochs - start_epoch) * len(loader), desc=config.name, unit="step")
     final_metrics = None
     for epoch in range(start_epoch, epochs):
         clips.epoch = epoch

@@ -276,23 +276,21 @@ def _blur_kernel_size(out_size: int) -> int:
 def _gaussian_blur(views: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Separable Gaussian blur of (V, T, 3, S, S) with one sigma per view; views not in `apply` are kept.
 
-    One grouped convolution covers every (view, frame, channel) plane; skipped views get a
-    delta kernel. Borders are reflected, so a constant image stays constant.
+    Only the views drawn for blurring are convolved: one grouped convolution covers every
+    (view, frame, channel) plane of them. Borders are reflected, so a constant image stays constant.
     """
     if not bool(apply.any()):
         return views
-    num_views, num_steps, channels, height, width = views.shape
+    chosen = apply.nonzero().squeeze(1)  # (V_blur,)
+    blurred_views = views[chosen]  # (V_blur, T, 3, S, S)
+    num_views, num_steps, channels, height, width = blurred_views.shape
     offsets = torch.arange(kernel_size, dtype=views.dtype, device=views.device) - kernel_size // 2
-    gaussian = torch.exp(-0.5 * (offsets / sigma.to(views.dtype).unsqueeze(1)) ** 2)  # (V, K)
-    gaussian = gaussian / gaussian.sum(dim=1, keepdim=True)
-    delta = (offsets == 0).to(views.dtype).expand_as(gaussian)
-    kernels = torch.where(apply.unsqueeze(1), gaussian, delta)  # (V, K)
-    kernels = kernels.repeat_interleave(num_steps * channels, dim=0)  # (V*T*3, K)
+    gaussian = torch.exp(-0.5 * (offsets / sigma[chosen].to(views.dtype).unsqueeze(1)) ** 2)  # (V_blur, K)
+    kernels = (gaussian / gaussian.sum(dim=1, keepdim=True)).repeat_interleave(num_steps * channels, dim=0)
 
     planes = num_views * num_steps * channels
     pad = kernel_size // 2
-    flat = views.reshape(1, planes, height, width)
-    flat = F.pad(flat, (pad, pad, pad, pad), mode="reflect")
+    flat = F.pad(blurred_views.reshape(1, planes, height, width), (pad, pad, pad, pad), mode="reflect")
     flat = F.conv2d(flat, kernels.view(planes, 1, 1, kernel_size), groups=planes)
     flat = F.conv2d(flat, kernels.view(planes, 1, kernel_size, 1), groups=planes)
-    return flat.view(num_views, num_steps, channels, height, width)
+    return views.index_copy(0, chosen, flat.view(num_views, num_steps, channels, height, width))

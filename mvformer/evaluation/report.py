@@ -35,8 +35,7 @@ def save_embeddings(path: Path, train_embs: list[np.ndarray], train_set: VideoDa
     np.savez(path, **arrays)
 
 
-def evaluate_checkpoint(checkpoint: str, data_root: str | None = None, out_dir: str | None = None,
-                        progress: bool = True) -> dict:
+def evaluate_checkpoint(checkpoint: str, data_root: str | None = None, out_dir: str | None = None) -> dict:
     """Embed every frame of the train and val splits, score them, write embeddings.npz, metrics.json
     and an alignment picture of two validation videos; print the table."""
     model = model_from_checkpoint(checkpoint)
