@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mvformer.errors import MVFormerError
+from mvformer.progress import NO_PROGRESS_VARIABLE
 
 
 def _cmd_demo(args) -> None:
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.no_progress:
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* variables
+        os.environ[NO_PROGRESS_VARIABLE] = "1"
     try:
         args.handler(args)
     except MVFormerError as error:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from mvformer.config import Config, config_from_dict, save_config
 from mvformer.data.augment import augment_views, normalize
@@ -21,6 +20,7 @@ from mvformer.errors import MVFormerError
 from mvformer.evaluation.embed import evaluate_model
 from mvformer.losses import sequence_contrastive_loss
 from mvformer.model import MVFormer
+from mvformer.progress import progress_bar
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -199,7 +199,7 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
     augment = config.data.augment if config.data.augment.enabled else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
     epochs = config.train.epochs
-    bar = tqdm(total=(epochs - start_epoch) * len(loader), desc=config.name, unit="step")
+    bar = progress_bar(total=(epochs - start_epoch) * len(loader), desc=config.name, unit="step")
     final_metrics = None
     for epoch in range(start_epoch, epochs):
         clips.epoch = epoch

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from mvformer.data.video import IMAGE_SUFFIXES, FrameIndices, as_frame_indices, count_frames, read_video
 from mvformer.errors import MVFormerError
+from mvformer.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class VideoDataset:
 
         self._videos: list[np.ndarray] | None = None  # each (T, H, W, 3) when preloaded
         if preload:
-            progress = tqdm(paths, desc=f"decoding {split} videos", unit="video")
+            progress = progress_bar(paths, desc=f"decoding {split} videos", unit="video")
             self._videos = [read_video(path, size) for path in progress]
             counts = [len(video) for video in self._videos]
         else:

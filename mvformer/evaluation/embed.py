@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mvformer.config import EvalConfig
 from mvformer.data.augment import augment_views, normalize
@@ -10,6 +9,7 @@ from mvformer.data.datasets import VideoDataset
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.metrics import evaluate_embeddings
 from mvformer.model import MVFormer
+from mvformer.progress import progress_bar
 
 
 def prepare_frames(frames: np.ndarray, model: MVFormer, device: torch.device) -> torch.Tensor:
@@ -26,7 +26,7 @@ def embed_dataset(model: MVFormer, dataset: VideoDataset, device: torch.device, 
     was_training = model.training
     model.eval()
     embeddings = []
-    for index in tqdm(range(len(dataset)), desc=desc, leave=False, unit="video"):
+    for index in progress_bar(range(len(dataset)), desc=desc, leave=False, unit="video"):
         frames = prepare_frames(dataset.frames(index), model, device)
         embeddings.append(model.embed_video(frames, chunk_size).float().cpu().numpy())
     model.train(was_training)
