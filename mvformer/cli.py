@@ -30,6 +30,19 @@ def _cmd_evaluate(args) -> None:
     evaluate_checkpoint(args.checkpoint, data_root=args.data, out_dir=args.out)
 
 
+def _cmd_evaluate_embeddings(args) -> None:
+    from mvformer.evaluation.embeddings_io import format_table, score_files
+    if args.json and not Path(args.json).parent.is_dir():
+        raise MVFormerError(f"{args.json}: the folder to write it in does not exist")
+    result = score_files(args.files, stride=args.stride, fractions=args.fractions, ks=args.ks, tasks=args.tasks,
+                         classifier=args.classifier, num_classes=args.num_classes,
+                         note=lambda line: print(line, file=sys.stderr))
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+
+
 def _cmd_synthetic(args) -> None:
     from mvformer.data.synthetic import generate_pouring_dataset
     root = generate_pouring_dataset(args.dest, num_train=args.train, num_val=args.val, seed=args.seed, size=args.size)
@@ -61,6 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", help="checkpoint.pt or a run folder holding one")
     evaluate.add_argument("--data", help="dataset root (default: the one the model was trained on)")
     evaluate.add_argument("--out", help="output folder (default: RUN/eval)")
+
+    scores = add("evaluate-embeddings", _cmd_evaluate_embeddings,
+                 "score frame embeddings of any model saved as .npz (one file per dataset)")
+    scores.add_argument("files", nargs="+", metavar="FILE.npz",
+                        help="train_/val_ embs (frames, D), labels (frames,), lens (videos,); e.g. embeddings.npz")
+    scores.add_argument("--stride", type=int, default=1, help="tau and AP@K use every stride-th frame (default: 1)")
+    scores.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5, 1.0],
+                        help="training-video fractions for classification and progression (default: 0.1 0.5 1.0)")
+    scores.add_argument("--ks", type=int, nargs="+", default=[5, 10, 15], help="AP@K values (default: 5 10 15)")
+    scores.add_argument("--tasks", nargs="+", choices=("classification", "progression", "kendalls_tau", "retrieval"),
+                        metavar="TASK", help="any of %(choices)s (default: all)")
+    scores.add_argument("--classifier", choices=("logistic", "sgd-linear"), default="logistic",
+                        help="classification probe: logistic regression, or FineGym's linear layer trained with SGD")
+    scores.add_argument("--num-classes", type=int, help="phases (default: largest label in train or val + 1)")
+    scores.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
 
     synthetic = add("synthetic", _cmd_synthetic, "write the synthetic pouring dataset (generic layout)")
     synthetic.add_argument("dest")

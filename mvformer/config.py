@@ -96,6 +96,7 @@ class EvalConfig:
     stride: int = 2  # tau and AP@K use every stride-th frame
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0])
     ks: list[int] = field(default_factory=lambda: [5, 10, 15])
+    classifier: str = "logistic"  # phase-classification probe: logistic | sgd-linear (FineGym)
 
 
 @dataclass
@@ -131,6 +132,7 @@ CHOICES = {
     "model.token_reduction": ("first", "mean", "max", "linear"),
     "train.precision": ("fp32", "bf16"),
     "train.device": ("auto", "cpu", "cuda"),
+    "eval.classifier": ("logistic", "sgd-linear"),
 }
 POSITIVE = (
     "backbone.chunk_size", "model.num_tokens", "model.pool_dim", "model.hidden_size", "model.num_heads",

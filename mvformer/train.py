@@ -169,6 +169,7 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
     train_set = train_set or _load_split(config, "train")
     if val_set is None and (Path(config.data.root) / "splits" / "val.txt").is_file():
         val_set = _load_split(config, "val")
+    scorable = val_set is not None and all(r.labels is not None for r in train_set.records + val_set.records)
     model = MVFormer(config, backbone).to(device)
 
     run_dir = Path(config.train.output_dir)
@@ -211,7 +212,8 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
         losses, clip_count, started = [], 0, time.perf_counter()
         for step, batch in enumerate(loader):
             batch_size, views, length = batch["frames"].shape[:3]
-            augment_rng = torch.Generator().manual_seed(hash((config.train.seed, epoch, step)) % 2**63)
+            augment_seed = hash((config.train.seed, epoch, step)) % 2**63  # tuples of ints hash the same in every run
+            augment_rng = torch.Generator().manual_seed(augment_seed)
             frames = augment_views(batch["frames"].flatten(0, 1), augment_rng, config.data.image_size, augment)
             frames = normalize(frames, model.backbone.mean, model.backbone.std).to(device)  # (B * 2, T, 3, S, S)
             masks = batch["masks"].to(device)
@@ -237,7 +239,7 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
                 "version": CHECKPOINT_VERSION, "config": config.to_dict(), "epoch": epoch,
                 "model": model.trainable_state_dict(), "optimizer": optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state()})
-        if val_set is not None and val_set.num_classes and (last or (epoch + 1) % config.train.eval_every == 0):
+        if scorable and (last or (epoch + 1) % config.train.eval_every == 0):
             final_metrics = evaluate_model(model, train_set, val_set, config.eval, device)
             log.write({"epoch": epoch, "eval": final_metrics})
     bar.close()

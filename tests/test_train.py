@@ -112,3 +112,13 @@ def test_learning_rate_schedule_warms_up_then_decays_to_zero():
     assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert all(a > b for a, b in zip(factors[2:], factors[3:]))
     assert learning_rate_factor(10, 10, 2) == pytest.approx(0.0)
+
+
+def test_bf16_autocast_trains_to_a_finite_checkpoint(pouring_root, splits, tmp_path):
+    train_set, val_set = splits
+    config = vision_only_config(pouring_root, tmp_path / "run", epochs=1, **{"train.precision": "bf16"})
+    result = train(config, train_set, val_set)
+    losses = [r["loss"] for r in read_metrics(result.run_dir) if "loss" in r]
+    assert np.isfinite(losses).all()
+    state = load_checkpoint(result.run_dir)["model"]
+    assert all(torch.isfinite(value).all() for value in state.values() if value.is_floating_point())

@@ -40,7 +40,8 @@ def score_embeddings(train_embs: list[np.ndarray], train_set: VideoDataset, val_
         raise MVFormerError(f"{train_set.root}: the dataset has no frame labels, so it cannot be scored")
     return evaluate_embeddings(
         train_embs, [r.labels for r in train_set.records], val_embs, [r.labels for r in val_set.records],
-        num_classes=train_set.num_classes, fractions=tuple(cfg.fractions), ks=tuple(cfg.ks), stride=cfg.stride)
+        num_classes=train_set.num_classes, fractions=tuple(cfg.fractions), ks=tuple(cfg.ks), stride=cfg.stride,
+        classifier=cfg.classifier)
 
 
 def evaluate_model(model: MVFormer, train_set: VideoDataset, val_set: VideoDataset, cfg: EvalConfig,

@@ -14,11 +14,18 @@ import torch
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from mvformer.errors import MVFormerError
+from mvformer.evaluation.probes import predict_classes, train_sgd_linear_probe
 
 TASKS = ("classification", "progression", "kendalls_tau", "retrieval")
+# Phase-classification probes: scikit-learn's logistic regression, or FineGym's linear layer trained with SGD.
+CLASSIFIERS = ("logistic", "sgd-linear")
 
-# Entries (float64) per temporary block in the pairwise metrics: 64 MB, so the few live temporaries stay near 256 MB.
-BLOCK_ELEMENTS = 8 * 2**20
+# Entries (float64) per temporary block in the pairwise metrics: 16 MB, so the few live temporaries stay near 64 MB.
+# Blocks over 32 MB were twice as slow: glibc maps them fresh from the OS each time, paying a page fault per 4 KB.
+BLOCK_ELEMENTS = 2 * 2**20
+
+# Kendall's tau: candidate frames per distance tile (whole videos), so a 16 MB tile holds 512 query rows.
+TAU_CANDIDATE_FRAMES = 4096
 
 # Kendall's tau: squared distances within this fraction of the distance scale count as ties (first index wins).
 # BLAS rounding in the matrix-product form |a|^2 + |b|^2 - 2ab can give copies of one frame different distances.
@@ -102,20 +109,27 @@ def classification_accuracy(
     val_embs: Sequence,
     val_labels: Sequence,
     fractions: Sequence[float] = (0.1, 0.5, 1.0),
+    classifier: str = "logistic",
 ) -> dict[float, float]:
-    """Frame accuracy of a logistic-regression probe trained on the first fraction of the training videos.
+    """Frame accuracy of a probe trained on the first fraction of the training videos.
 
-    If the selected training frames hold a single class, LogisticRegression cannot be fitted; that class is then
-    predicted for every validation frame.
+    classifier "logistic": LogisticRegression; if the selected training frames hold a single class it cannot be
+    fitted, and that class is then predicted for every validation frame. "sgd-linear": FineGym's SGD-trained
+    linear layer (probes.py) with one output per class up to the largest label seen in train or val.
     """
+    if classifier not in CLASSIFIERS:
+        raise MVFormerError(f"unknown classifier {classifier!r}; choose from {list(CLASSIFIERS)}")
     train = _as_videos(train_embs, train_labels, "train")
     val_features, val_classes = _stack_labelled(_as_videos(val_embs, val_labels, "val"), "val")
     accuracies = {}
     for fraction in fractions:
-        features, classes = _stack_labelled(train[: _num_train_videos(fraction, len(train))], "train")
-        present = np.unique(classes)
-        if present.size == 1:
-            predicted = np.full_like(val_classes, present[0])
+        selected = train[: _num_train_videos(fraction, len(train))]
+        features, classes = _stack_labelled(selected, "train")
+        if classifier == "sgd-linear":
+            num_classes = int(max(classes.max(), val_classes.max())) + 1
+            predicted = predict_classes(train_sgd_linear_probe(selected, num_classes), val_features)
+        elif np.unique(classes).size == 1:
+            predicted = np.full_like(val_classes, classes[0])
         else:
             probe = LogisticRegression(max_iter=100000, solver="lbfgs").fit(features, classes)
             predicted = probe.predict(val_features)
@@ -204,6 +218,78 @@ def _tau_b_against_frame_order(nearest: np.ndarray) -> np.ndarray:
     return np.where((total_pairs > 0) & (untied_pairs > 0), np.clip(tau, -1.0, 1.0), np.nan)
 
 
+def _video_groups(lengths: np.ndarray, videos: np.ndarray, frames_per_group: int) -> list[np.ndarray]:
+    """Consecutive runs of `videos`, cut where their running frame count passes a multiple of frames_per_group.
+
+    One matrix product over many short videos' frames is several times faster per row than one per video.
+    """
+    group_lengths = lengths[videos]
+    group_of_video = (np.cumsum(group_lengths) - group_lengths) // frames_per_group
+    return np.split(videos, np.flatnonzero(np.diff(group_of_video)) + 1)
+
+
+class _PooledFrames:
+    """The frames of all videos stacked, with what both pairwise metrics need to compute distances to them."""
+
+    def __init__(self, clips: list[np.ndarray]):
+        self.frames = np.concatenate(clips)  # (T, D)
+        self.lengths = np.array([len(frames) for frames in clips])  # (V,)
+        self.starts = np.cumsum(self.lengths) - self.lengths  # (V,): first row of each video
+        self.sq_norms = np.einsum("td,td->t", self.frames, self.frames)  # (T,)
+
+    def rows_of(self, videos: np.ndarray) -> np.ndarray:
+        """Row indices of the frames of `videos`, in order."""
+        return np.concatenate([np.arange(self.starts[v], self.starts[v] + self.lengths[v]) for v in videos])
+
+    def columns_of(self, videos: np.ndarray) -> slice:
+        """The rows of consecutive `videos`, as a slice."""
+        return slice(self.starts[videos[0]], self.starts[videos[-1]] + self.lengths[videos[-1]])
+
+    def distances(self, rows: np.ndarray, columns: slice = slice(None)) -> np.ndarray:
+        """(r, c) squared distances from the frames at `rows` to the frames in `columns`, less the query's own
+        |q|^2: that term is the same for all of a query's candidates, so it changes no ranking."""
+        distances = (-2.0 * self.frames[rows]) @ self.frames[columns].T  # scaling by -2 is exact
+        distances += self.sq_norms[columns]
+        return distances
+
+
+def _pair_taus(clips: list[np.ndarray], query_videos: np.ndarray) -> np.ndarray:
+    """Tau-b of each query video i against every other video j, in order of j: (queries, V - 1), NaN if undefined.
+
+    Distances are computed in tiles of query rows x a run of candidate videos: with all candidates at once, a block
+    holds few rows and the product is bound by reading the candidates from memory.
+    """
+    pooled = _PooledFrames(clips)
+    frame_in_video = (np.arange(len(pooled.frames)) - np.repeat(pooled.starts, pooled.lengths)).astype(np.int32)
+    # Squared distances this close to a row's minimum count as ties, so the first such frame is matched.
+    tie_slack = TIE_RTOL * (pooled.sq_norms + pooled.sq_norms.max())  # (T,) per query frame
+    candidate_runs = _video_groups(pooled.lengths, np.arange(len(clips)), TAU_CANDIDATE_FRAMES)
+    rows_per_block = max(1, BLOCK_ELEMENTS // min(len(pooled.frames), TAU_CANDIDATE_FRAMES))
+    taus = np.empty((len(query_videos), len(clips) - 1))
+    done = 0
+    for group in _video_groups(pooled.lengths, query_videos, rows_per_block):
+        rows = pooled.rows_of(group)
+        nearest = np.empty((len(rows), len(clips)), dtype=np.int64)  # (group frames, V): matched frame per video
+        for first in range(0, len(rows), rows_per_block):
+            block = rows[first : first + rows_per_block]
+            for run in candidate_runs:
+                columns = pooled.columns_of(run)
+                run_starts = pooled.starts[run] - columns.start
+                distances = pooled.distances(block, columns)  # (r, run frames)
+                closest = np.minimum.reduceat(distances, run_starts, axis=1)  # (r, run videos)
+                closest += tie_slack[block, None]
+                within = distances <= np.repeat(closest, pooled.lengths[run], axis=1)  # (r, run frames)
+                first_within = np.where(within, frame_in_video[columns], np.int32(len(pooled.frames)))
+                nearest[first : first + len(block), run] = np.minimum.reduceat(first_within, run_starts, axis=1)
+        offset = 0
+        for video in group:
+            video_taus = _tau_b_against_frame_order(nearest[offset : offset + pooled.lengths[video]])  # (V,)
+            taus[done] = np.delete(video_taus, video)
+            offset += pooled.lengths[video]
+            done += 1
+    return taus
+
+
 def kendalls_tau(val_embs: Sequence, stride: int = 1, val_labels: Sequence | None = None) -> float | None:
     """Mean Kendall's tau of nearest-neighbour alignments over all ordered pairs of validation videos.
 
@@ -215,35 +301,43 @@ def kendalls_tau(val_embs: Sequence, stride: int = 1, val_labels: Sequence | Non
     videos = _labelled_strided(_as_videos(val_embs, val_labels, "val"), stride)
     if len(videos) < 2:
         return None
-    clips = [frames for frames, _ in videos]
-    num_videos, max_frames, dim = len(clips), max(len(c) for c in clips), clips[0].shape[1]
-    padded = np.zeros((num_videos, max_frames, dim))  # (V, M, D)
-    padding_penalty = np.full((num_videos, max_frames), np.inf)  # (V, M): 0 on real frames, inf on padding
-    for video, frames in enumerate(clips):
-        padded[video, : len(frames)] = frames
-        padding_penalty[video, : len(frames)] = 0.0
-    candidates = padded.reshape(-1, dim)  # (V * M, D)
-    candidate_sq_norms = np.einsum("cd,cd->c", candidates, candidates)  # (V * M,)
-    # |c|^2 with inf on padding; the query's own |q|^2 is the same for all its candidates, so it is left out.
-    candidate_terms = candidate_sq_norms.reshape(num_videos, max_frames) + padding_penalty  # (V, M)
-    doubled_candidates = -2.0 * candidates  # (V * M, D), exact
-    max_candidate_sq_norm = candidate_sq_norms.max()
-    rows_per_block = max(1, BLOCK_ELEMENTS // len(candidates))
-    pair_taus = []
-    for query_video, queries in enumerate(clips):
-        nearest = np.empty((len(queries), num_videos), dtype=np.int64)  # (n_i, V): matched frame per video
-        for start in range(0, len(queries), rows_per_block):
-            block = queries[start : start + rows_per_block]  # (r, D)
-            distances = (block @ doubled_candidates.T).reshape(len(block), num_videos, max_frames)
-            distances += candidate_terms  # (r, V, M): squared distance less |q|^2
-            closest = distances.min(axis=2, keepdims=True)  # (r, V, 1)
-            block_sq_norms = np.einsum("rd,rd->r", block, block)[:, None, None]  # (r, 1, 1)
-            closest += TIE_RTOL * (block_sq_norms + max_candidate_sq_norm)
-            nearest[start : start + len(block)] = np.argmax(distances <= closest, axis=2)
-        pair_taus.append(np.delete(_tau_b_against_frame_order(nearest), query_video))
-    taus = np.concatenate(pair_taus)
+    taus = _pair_taus([frames for frames, _ in videos], np.arange(len(videos))).ravel()
     taus = taus[~np.isnan(taus)]
     return float(taus.mean()) if taus.size else None
+
+
+def _precision_per_video(
+    clips: list[np.ndarray], clip_labels: list[np.ndarray], ks: Sequence[int], query_videos: np.ndarray
+) -> np.ndarray:
+    """Mean precision@K over each query video's frames against the other videos' frames: (queries, len(ks))."""
+    pooled = _PooledFrames(clips)
+    rows_per_block = max(1, BLOCK_ELEMENTS // len(pooled.frames))
+    frame_labels = np.concatenate(clip_labels)  # (T,)
+    candidates = len(pooled.frames) - pooled.lengths  # (V,): frames of the other videos
+    depth = int(min(max(ks), candidates.max()))
+    per_video = []
+    for group in _video_groups(pooled.lengths, query_videos, rows_per_block):
+        rows = pooled.rows_of(group)
+        row_videos = np.repeat(group, pooled.lengths[group])  # (group frames,)
+        row_precisions = np.empty((len(rows), len(ks)))  # (group frames, len(ks))
+        for first in range(0, len(rows), rows_per_block):
+            block = rows[first : first + rows_per_block]
+            block_videos = row_videos[first : first + rows_per_block]
+            distances = pooled.distances(block)  # (r, T)
+            for video in np.unique(block_videos):  # the query's own video is no candidate
+                own = slice(pooled.starts[video], pooled.starts[video] + pooled.lengths[video])
+                distances[block_videos == video, own] = np.inf
+            nearest = torch.from_numpy(distances).topk(depth, dim=1, largest=False).indices.numpy()  # closest first
+            block_candidates = candidates[block_videos]  # (r,)
+            hits = frame_labels[nearest] == frame_labels[block, None]  # (r, depth)
+            hits &= np.arange(depth) < block_candidates[:, None]  # short of candidates: own frames fill the tail
+            for column, k in enumerate(ks):  # K capped at the number of candidates
+                row_precisions[first : first + len(block), column] = hits[:, :k].sum(axis=1) / np.minimum(
+                    k, block_candidates
+                )
+        video_offsets = np.cumsum(pooled.lengths[group]) - pooled.lengths[group]
+        per_video.append(np.add.reduceat(row_precisions, video_offsets, axis=0) / pooled.lengths[group, None])
+    return np.concatenate(per_video)
 
 
 def retrieval_precision(
@@ -261,28 +355,9 @@ def retrieval_precision(
     videos = _labelled_strided(_as_videos(val_embs, val_labels, "val"), stride)
     if len(videos) < 2:
         return {k: None for k in ks}
-    frames = np.concatenate([f for f, _ in videos])  # (T, D)
-    frame_labels = np.concatenate([lab for _, lab in videos])  # (T,)
-    bounds = np.cumsum([0] + [len(lab) for _, lab in videos])
-    sq_norms = np.einsum("td,td->t", frames, frames)  # (T,)
-    doubled_frames = -2.0 * frames  # (T, D), exact
-    rows_per_block = max(1, BLOCK_ELEMENTS // len(frames))
-    per_video = np.empty((len(videos), len(ks)))  # (V, len(ks))
-    for video in range(len(videos)):
-        first, end = bounds[video], bounds[video + 1]
-        num_candidates = len(frames) - (end - first)
-        depth = min(max(ks), num_candidates)
-        hits = []
-        for start in range(first, end, rows_per_block):
-            stop = min(start + rows_per_block, end)
-            distances = frames[start:stop] @ doubled_frames.T  # (r, T)
-            distances += sq_norms  # squared distance less the query's |q|^2, which does not change its ranking
-            distances[:, first:end] = np.inf  # the query's own video is no candidate
-            nearest = torch.from_numpy(distances).topk(depth, dim=1, largest=False).indices.numpy()  # closest first
-            hits.append(frame_labels[nearest] == frame_labels[start:stop, None])
-        hits = np.concatenate(hits)  # (n_video, depth)
-        for column, k in enumerate(ks):
-            per_video[video, column] = hits[:, :k].mean()  # fewer than k columns: k capped
+    per_video = _precision_per_video(
+        [frames for frames, _ in videos], [labels for _, labels in videos], ks, np.arange(len(videos))
+    )  # (V, len(ks))
     return {k: float(per_video[:, column].mean()) for column, k in enumerate(ks)}
 
 
@@ -296,6 +371,7 @@ def evaluate_embeddings(
     ks: Sequence[int] = (5, 10, 15),
     stride: int = 1,
     tasks: Sequence[str] = TASKS,
+    classifier: str = "logistic",
 ) -> dict:
     """Run the requested metrics; keys are strings and values Python floats (or None) so it dumps to JSON as is."""
     unknown = [task for task in tasks if task not in TASKS]
@@ -303,7 +379,7 @@ def evaluate_embeddings(
         raise MVFormerError(f"unknown evaluation task(s) {unknown}; choose from {list(TASKS)}")
     results: dict = {}
     if "classification" in tasks:
-        accuracies = classification_accuracy(train_embs, train_labels, val_embs, val_labels, fractions)
+        accuracies = classification_accuracy(train_embs, train_labels, val_embs, val_labels, fractions, classifier)
         results["classification"] = {str(fraction): value for fraction, value in accuracies.items()}
     if "progression" in tasks:
         scores = phase_progression(train_embs, train_labels, val_embs, val_labels, num_classes, fractions)

@@ -1,0 +1,210 @@
+"""`mvformer evaluate-embeddings`: the protocol metrics for frame embeddings made by any model, read from .npz files.
+
+One file is one dataset (e.g. one Penn Action action): `train_embs` (frames, D), `train_labels` (frames,) and
+`train_lens` (videos,), the videos' frames concatenated in order and split by their lengths, and the same three for
+`val_`; the format `mvformer evaluate` writes to embeddings.npz. Other arrays (e.g. `*_names`) are ignored.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mvformer.errors import MVFormerError
+from mvformer.evaluation.metrics import CLASSIFIERS, TASKS, evaluate_embeddings
+
+SPLITS = ("train", "val")
+REQUIRED_ARRAYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("embs", "labels", "lens"))
+# What a damaged or foreign file can raise while NumPy reads it.
+READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+# Short column names of the table: metric key -> prefix.
+COLUMN_PREFIXES = {"classification": "class", "progression": "prog", "kendalls_tau": "tau", "retrieval": "AP"}
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The required arrays of one .npz file; anything unreadable or missing is a one-line error naming the file."""
+    if not path.is_file():
+        raise MVFormerError(f"{path}: no such file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except READ_ERRORS:  # NumPy's own message would suggest unpickling the file
+        raise MVFormerError(f"{path}: not an .npz archive (NumPy cannot read it as one)") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise MVFormerError(f"{path}: not an .npz archive (it holds a single .npy array)")
+    with archive:
+        missing = [name for name in REQUIRED_ARRAYS if name not in archive.files]
+        if missing:
+            raise MVFormerError(f"{path}: missing array(s) {', '.join(missing)} "
+                                f"(needed: {', '.join(REQUIRED_ARRAYS)})")
+        try:
+            return {name: archive[name] for name in REQUIRED_ARRAYS}
+        except READ_ERRORS as error:
+            raise MVFormerError(f"{path}: cannot read its arrays ({str(error).splitlines()[0]})") from None
+
+
+def _split_videos(path: Path, arrays: dict[str, np.ndarray], split: str) -> tuple[list, list]:
+    """Check one split's three arrays and cut them into per-video embeddings (frames, D) and labels (frames,)."""
+    embs, labels, lens = arrays[f"{split}_embs"], arrays[f"{split}_labels"], arrays[f"{split}_lens"]
+    if embs.ndim != 2 or not (np.issubdtype(embs.dtype, np.floating) or np.issubdtype(embs.dtype, np.integer)):
+        raise MVFormerError(f"{path}: {split}_embs must be a 2-D (frames, D) number array, "
+                            f"got {embs.dtype} of shape {embs.shape}")
+    if not np.isfinite(embs).all():
+        bad_frames = int(np.count_nonzero(~np.isfinite(embs).all(axis=1)))
+        raise MVFormerError(f"{path}: {split}_embs holds NaN or Inf values (in {bad_frames} frame(s))")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise MVFormerError(f"{path}: {split}_labels must be a 1-D integer array, "
+                            f"got {labels.dtype} of shape {labels.shape}")
+    if len(labels) != len(embs):
+        raise MVFormerError(f"{path}: {split}_labels has {len(labels)} entries but {split}_embs has "
+                            f"{len(embs)} rows (frames)")
+    if lens.ndim != 1 or not np.issubdtype(lens.dtype, np.integer):
+        raise MVFormerError(f"{path}: {split}_lens must be a 1-D integer array, got {lens.dtype} of shape "
+                            f"{lens.shape}")
+    if len(lens) == 0:
+        raise MVFormerError(f"{path}: {split}_lens is empty: no {split} videos")
+    if (lens < 1).any():
+        raise MVFormerError(f"{path}: {split}_lens holds a length below 1 ({int(lens.min())})")
+    if lens.sum() != len(embs):
+        raise MVFormerError(f"{path}: {split}_lens sum to {int(lens.sum())} frames but {split}_embs has "
+                            f"{len(embs)} rows")
+    cuts = np.cumsum(lens)[:-1]
+    return np.split(embs, cuts), np.split(labels, cuts)  # per video: (frames, D), (frames,)
+
+
+def load_embeddings(path: str | Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """One dataset's per-video (train_embs, train_labels, val_embs, val_labels), checked; MVFormerError otherwise."""
+    path = Path(path)
+    arrays = _read_arrays(path)
+    train_embs, train_labels = _split_videos(path, arrays, "train")
+    val_embs, val_labels = _split_videos(path, arrays, "val")
+    if train_embs[0].shape[1] != val_embs[0].shape[1]:
+        raise MVFormerError(f"{path}: train_embs are {train_embs[0].shape[1]}-d but val_embs are "
+                            f"{val_embs[0].shape[1]}-d")
+    return train_embs, train_labels, val_embs, val_labels
+
+
+def dataset_names(paths: Sequence[str | Path]) -> list[str]:
+    """File names without .npz; where two coincide (e.g. runs/*/eval/embeddings.npz), enough parent folders are
+    kept to tell them apart."""
+    paths = [Path(p) for p in paths]
+    parts = [p.with_suffix("").parts if p.suffix == ".npz" else p.parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        repeated = {name for name in names if names.count(name) > 1}
+        if not repeated:
+            return names
+        for index, name in enumerate(names):
+            if name in repeated:
+                if depth[index] >= len(parts[index]):
+                    raise MVFormerError(f"{paths[index]}: given more than once")
+                depth[index] += 1
+
+
+def _check_options(stride: int, fractions: Sequence[float], ks: Sequence[int], tasks: Sequence[str],
+                   classifier: str, num_classes: int | None) -> None:
+    """Reject bad options before any file is read."""
+    if stride < 1:
+        raise MVFormerError(f"--stride must be a positive integer, got {stride}")
+    for fraction in fractions:
+        if not 0 < fraction <= 1:
+            raise MVFormerError(f"--fractions: training fraction {fraction} is outside (0, 1]")
+    for k in ks:
+        if k < 1:
+            raise MVFormerError(f"--ks: retrieval K must be a positive integer, got {k}")
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown:
+        raise MVFormerError(f"--tasks: unknown task(s) {unknown}; choose from {list(TASKS)}")
+    if classifier not in CLASSIFIERS:
+        raise MVFormerError(f"--classifier: unknown classifier {classifier!r}; choose from {list(CLASSIFIERS)}")
+    if num_classes is not None and num_classes < 1:
+        raise MVFormerError(f"--num-classes must be positive, got {num_classes}")
+
+
+def _undefined_notes(path: Path, scores: dict, val_labels: list[np.ndarray], stride: int) -> list[str]:
+    """Why a metric came out None (null), one line each."""
+    notes = []
+    labelled_videos = sum(bool((labels >= 0).any()) for labels in val_labels)
+    pairwise = [task for task in ("kendalls_tau", "retrieval") if task in scores]
+    if pairwise and labelled_videos < 2:
+        notes.append(f"{path}: note: {labelled_videos} validation video(s) with labelled frames, so "
+                     f"{' and '.join(pairwise)} are undefined (null); they compare pairs of videos")
+    elif "kendalls_tau" in scores and scores["kendalls_tau"] is None:
+        notes.append(f"{path}: note: kendalls_tau is undefined (null): every pair of validation videos gives "
+                     f"a constant match at stride {stride}")
+    if any(value is None for value in scores.get("progression", {}).values()):
+        notes.append(f"{path}: note: progression is undefined (null) with fewer than 2 classes")
+    return notes
+
+
+def _mean(values: list):
+    """Mean over datasets of a float, or of each entry of a dict of floats; None where any dataset has None."""
+    if isinstance(values[0], dict):
+        return {key: _mean([value[key] for value in values]) for key in values[0]}
+    return None if any(value is None for value in values) else float(np.mean(values))
+
+
+def score_files(
+    paths: Sequence[str | Path],
+    stride: int = 1,
+    fractions: Sequence[float] = (0.1, 0.5, 1.0),
+    ks: Sequence[int] = (5, 10, 15),
+    tasks: Sequence[str] | None = None,
+    classifier: str = "logistic",
+    num_classes: int | None = None,
+    note: Callable[[str], None] | None = None,
+) -> dict:
+    """Score each file as one dataset: {"datasets": {name: metrics}, "mean": metrics averaged over datasets}.
+
+    Metrics are `evaluate_embeddings`'s dict (JSON-ready); tasks None means all. num_classes defaults, per file, to
+    the largest label in train or val plus one. Every file is loaded and checked before any is scored, so a bad file
+    fails fast. `note` receives one line for each metric that is undefined (null) and why.
+    """
+    tasks = TASKS if tasks is None else tasks
+    _check_options(stride, fractions, ks, tasks, classifier, num_classes)
+    if not paths:
+        raise MVFormerError("no embedding files given")
+    names = dataset_names(paths)
+    loaded = []  # (path, arrays, classes) per file
+    for path in map(Path, paths):
+        arrays = load_embeddings(path)
+        largest_label = int(max(labels.max() for labels in arrays[1] + arrays[3]))
+        if num_classes is not None and largest_label >= num_classes:
+            raise MVFormerError(f"{path}: label {largest_label} is out of range for --num-classes {num_classes}")
+        loaded.append((path, arrays, largest_label + 1 if num_classes is None else num_classes))
+    datasets = {}
+    for name, (path, (train_embs, train_labels, val_embs, val_labels), classes) in zip(names, loaded):
+        try:
+            scores = evaluate_embeddings(train_embs, train_labels, val_embs, val_labels, num_classes=classes,
+                                         fractions=fractions, ks=ks, stride=stride, tasks=tasks,
+                                         classifier=classifier)
+        except MVFormerError as error:
+            raise MVFormerError(f"{path}: {error}") from None
+        if note:
+            for line in _undefined_notes(path, scores, val_labels, stride):
+                note(line)
+        datasets[name] = scores
+    mean = {task: _mean([scores[task] for scores in datasets.values()]) for task in next(iter(datasets.values()))}
+    return {"datasets": datasets, "mean": mean}
+
+
+def format_table(result: dict) -> str:
+    """`score_files`'s result as aligned text: one row per dataset and a final `mean` row, one column per metric."""
+    rows = {**result["datasets"], "mean": result["mean"]}
+    columns = {}  # column title -> (metric, key or None)
+    for task, value in result["mean"].items():
+        for key in value if isinstance(value, dict) else [None]:
+            title = COLUMN_PREFIXES[task] if key is None else f"{COLUMN_PREFIXES[task]}@{key}"
+            columns[title] = (task, key)
+    cells = [["dataset", *columns]]
+    for name, scores in rows.items():
+        numbers = [scores[task] if key is None else scores[task][key] for task, key in columns.values()]
+        cells.append([name, *("n/a" if number is None else f"{number:.4f}" for number in numbers)])
+    widths = [max(len(row[column]) for row in cells) for column in range(len(cells[0]))]
+    lines = ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                       for column, (cell, width) in enumerate(zip(row, widths))) for row in cells]
+    return "\n".join(lines)
