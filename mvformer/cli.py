@@ -27,7 +27,7 @@ def _cmd_train(args) -> None:
 
 def _cmd_evaluate(args) -> None:
     from mvformer.evaluation.report import evaluate_checkpoint
-    evaluate_checkpoint(args.checkpoint, data_root=args.data, out_dir=args.out)
+    evaluate_checkpoint(args.checkpoint, data_roots=args.data, out_dir=args.out)
 
 
 def _cmd_evaluate_embeddings(args) -> None:
@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = add("evaluate", _cmd_evaluate, "embed every frame of a dataset with a checkpoint and score it")
     evaluate.add_argument("checkpoint", help="checkpoint.pt or a run folder holding one")
-    evaluate.add_argument("--data", help="dataset root (default: the one the model was trained on)")
+    evaluate.add_argument("--data", nargs="+", metavar="ROOT",
+                          help="dataset roots, each reported on its own and averaged (e.g. the 13 Penn Action "
+                               "actions; default: the dataset the model was trained on)")
     evaluate.add_argument("--out", help="output folder (default: RUN/eval)")
 
     scores = add("evaluate-embeddings", _cmd_evaluate_embeddings,

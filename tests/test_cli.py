@@ -1,5 +1,6 @@
 """The command line: bad input gives one line naming the culprit, exit status 2, and no run folder."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -91,10 +92,14 @@ def test_train_then_evaluate_writes_results(dataset, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(train_args(dataset, out, "--set", "data.clip_len=8")) == 0
     assert (out / "checkpoint.pt").is_file() and (out / "metrics.jsonl").is_file()
-    assert main(["evaluate", str(out), "--no-progress"]) == 0
+    copy = shutil.copytree(dataset, tmp_path / "copy")
+    assert main(["evaluate", str(out), "--no-progress", "--data", str(dataset), str(copy)]) == 0
     printed = capsys.readouterr().out
-    assert "kendalls_tau" in printed
-    assert {p.name for p in (out / "eval").iterdir()} == {"metrics.json", "embeddings.npz", "alignment.png"}
+    assert "mean" in printed and "tau" in printed
+    assert {p.name for p in (out / "eval").iterdir()} == {"metrics.json", "pouring.npz", "copy.npz", "alignment.png"}
+    result = json.loads((out / "eval" / "metrics.json").read_text())
+    assert set(result["datasets"]) == {"pouring", "copy"}
+    assert result["mean"]["kendalls_tau"] == pytest.approx(result["datasets"]["pouring"]["kendalls_tau"])
 
 
 def test_installed_entry_point_exits_with_status_2():

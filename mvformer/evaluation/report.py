@@ -6,20 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from mvformer.data.datasets import VideoDataset
-from mvformer.evaluation.embed import embed_dataset, score_embeddings
+from mvformer.errors import MVFormerError
+from mvformer.evaluation.embed import embed_dataset
+from mvformer.evaluation.embeddings_io import format_table, score_files
 from mvformer.train import model_from_checkpoint, resolve_device
 from mvformer.viz import plot_alignment
-
-
-def metrics_table(metrics: dict) -> str:
-    """Two aligned columns, one metric per line (e.g. `classification@1.0  0.912`)."""
-    lines = []
-    for name, value in metrics.items():
-        entries = value.items() if isinstance(value, dict) else [(None, value)]
-        for key, number in entries:
-            label = name if key is None else f"{name}@{key}"
-            lines.append(f"{label:<22} {'n/a' if number is None else f'{number:.4f}'}")
-    return "\n".join(lines)
 
 
 def save_embeddings(path: Path, train_embs: list[np.ndarray], train_set: VideoDataset,
@@ -35,29 +26,44 @@ def save_embeddings(path: Path, train_embs: list[np.ndarray], train_set: VideoDa
     np.savez(path, **arrays)
 
 
-def evaluate_checkpoint(checkpoint: str, data_root: str | None = None, out_dir: str | None = None) -> dict:
-    """Embed every frame of the train and val splits, score them, write embeddings.npz, metrics.json
-    and an alignment picture of two validation videos; print the table."""
+def evaluate_checkpoint(checkpoint: str, data_roots: list[str] | None = None, out_dir: str | None = None) -> dict:
+    """Embed every frame of the train and val splits of each dataset root (default: the training data),
+    write DATASET.npz per dataset, metrics.json (each dataset and the mean over them, as the paper averages
+    Penn Action's 13 actions) and an alignment picture of two validation videos; print the table."""
     model = model_from_checkpoint(checkpoint)
     config = model.config
-    root = data_root or config.data.root
-    train_set = VideoDataset(root, "train", size=config.data.image_size)
-    val_set = VideoDataset(root, "val", size=config.data.image_size)
+    roots = [Path(root) for root in (data_roots or [config.data.root])]
+    names = [root.name for root in roots]
+    if len(set(names)) != len(names):
+        raise MVFormerError(f"dataset folders must have different names to be reported apart: {', '.join(names)}")
+    splits = []
+    for root in roots:
+        train_set = VideoDataset(root, "train", size=config.data.image_size)
+        val_set = VideoDataset(root, "val", size=config.data.image_size)
+        if any(r.labels is None for r in train_set.records + val_set.records):
+            raise MVFormerError(f"{root}: the dataset has no frame labels, so it cannot be scored")
+        splits.append((train_set, val_set))
     device = resolve_device(config.train.device)
     model.to(device)
-    train_embs = embed_dataset(model, train_set, device, "embedding train")
-    val_embs = embed_dataset(model, val_set, device, "embedding val")
-    metrics = score_embeddings(train_embs, train_set, val_embs, val_set, config.eval)
+    embedded = [(embed_dataset(model, train_set, device, f"embedding {name} train"),
+                 embed_dataset(model, val_set, device, f"embedding {name} val"))
+                for name, (train_set, val_set) in zip(names, splits)]
 
     checkpoint_path = Path(checkpoint)
     run_dir = checkpoint_path if checkpoint_path.is_dir() else checkpoint_path.parent
     out = Path(out_dir) if out_dir else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    save_embeddings(out / "embeddings.npz", train_embs, train_set, val_embs, val_set)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if len(val_embs) >= 2:
-        plot_alignment(val_embs[0], val_embs[1], out / "alignment.png",
-                       f"{val_set.records[0].name} vs {val_set.records[1].name}")
-    print(metrics_table(metrics))
-    print(f"wrote {out / 'metrics.json'}, {out / 'embeddings.npz'}")
-    return metrics
+    paths = []
+    for name, (train_set, val_set), (train_embs, val_embs) in zip(names, splits, embedded):
+        paths.append(out / f"{name}.npz")
+        save_embeddings(paths[-1], train_embs, train_set, val_embs, val_set)
+    first_val_embs, first_val_set = embedded[0][1], splits[0][1]
+    if len(first_val_embs) >= 2:
+        plot_alignment(first_val_embs[0], first_val_embs[1], out / "alignment.png",
+                       f"{first_val_set.records[0].name} vs {first_val_set.records[1].name}")
+    result = score_files(paths, stride=config.eval.stride, fractions=config.eval.fractions, ks=config.eval.ks,
+                         classifier=config.eval.classifier)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    print(format_table(result))
+    print(f"wrote {out / 'metrics.json'} and the embeddings ({', '.join(p.name for p in paths)})")
+    return result
