@@ -107,7 +107,10 @@ def model_from_checkpoint(path: str | Path, backbone=None) -> MVFormer:
     state = load_checkpoint(path)
     config = config_from_dict(state["config"], f"{path} (stored config)")
     model = MVFormer(config, backbone)
-    model.load_trainable_state_dict(state["model"])
+    try:
+        model.load_trainable_state_dict(state["model"])
+    except (ValueError, RuntimeError) as error:  # missing keys, or tensors of other shapes
+        raise MVFormerError(f"{path}: {str(error).splitlines()[0]}") from None
     return model.eval()
 
 

@@ -122,3 +122,16 @@ def test_bf16_autocast_trains_to_a_finite_checkpoint(pouring_root, splits, tmp_p
     assert np.isfinite(losses).all()
     state = load_checkpoint(result.run_dir)["model"]
     assert all(torch.isfinite(value).all() for value in state.values() if value.is_floating_point())
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_clear_error(pouring_root, splits, tmp_path):
+    train_set, val_set = splits
+    config = vision_only_config(pouring_root, tmp_path / "run", epochs=1)
+    train(config, train_set, val_set)
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["model"]["num_tokens"] = 5  # weights of a 3-token model under a 5-token config
+    torch.save(state, path)
+    with pytest.raises(MVFormerError, match="checkpoint.pt: ") as error:
+        model_from_checkpoint(path)
+    assert "\n" not in str(error.value)
