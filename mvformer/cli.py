@@ -43,6 +43,64 @@ def _cmd_evaluate_embeddings(args) -> None:
         print(f"wrote {args.json}")
 
 
+def _cmd_export(args) -> None:
+    from mvformer.pretrained import export_checkpoint
+    out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"wrote config.json, model.safetensors and README.md in {out}")
+
+
+def _cmd_cache_features(args) -> None:
+    from mvformer.config import load_config
+    from mvformer.features import cache_features
+    cache_features(load_config(args.config, args.set), out_dir=args.out, copies=args.copies)
+
+
+def _cmd_prepare(args) -> None:
+    from mvformer.data.formats import prepare
+    dest = prepare(args.format, args.src, args.dest, subset=args.subset, note=lambda line: print(line, file=sys.stderr))
+    print(f"generic layout in {dest}")
+
+
+def _cmd_embed(args) -> None:
+    from mvformer.apps import embed_videos
+    written = embed_videos(args.checkpoint, args.videos, args.out, overwrite=args.overwrite, device=args.device,
+                           frames=args.frames)
+    print(f"wrote {len(written)} embedding files (.npy, frames x D, each with a .json) in {args.out}")
+
+
+def _cmd_align(args) -> None:
+    from mvformer.apps import align_outputs, align_videos
+    align_videos(args.checkpoint, args.reference, args.videos, args.out, method=args.method, overwrite=args.overwrite,
+                 device=args.device, frames=args.frames, height=args.height, fps=args.fps)
+    print("wrote " + ", ".join(map(str, align_outputs(Path(args.out)))))
+
+
+def _cmd_retrieve(args) -> None:
+    from mvformer.apps import parse_frame_reference, retrieve_frames
+    video, frame = parse_frame_reference(args.query)
+    matches = retrieve_frames(args.checkpoint, video, frame, args.gallery, args.out, k=args.k,
+                              skip_query_video=args.other_videos, overwrite=args.overwrite, device=args.device,
+                              frames=args.frames)
+    for rank, match in enumerate(matches, start=1):
+        print(f"{rank:3d}  {match.source}:{match.frame}  distance {match.distance:.4f}")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.csv')}")
+
+
+def _cmd_attention(args) -> None:
+    from mvformer.apps import attention_outputs, attention_video
+    attention_video(args.checkpoint, args.video, args.out, overwrite=args.overwrite, device=args.device,
+                    frames=args.frames, every=args.every, animation=args.format)
+    print("wrote " + ", ".join(map(str, attention_outputs(Path(args.out), args.format))))
+
+
+def _cmd_progress(args) -> None:
+    from mvformer.apps import progress_against_reference
+    result = progress_against_reference(args.checkpoint, args.reference, args.video, args.out, split=args.split,
+                                        overwrite=args.overwrite, device=args.device, frames=args.frames)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.csv')} (regressor R^2 on the reference frames "
+          f"{result.reference_r2:.3f})")
+
+
 def _cmd_synthetic(args) -> None:
     from mvformer.data.synthetic import generate_pouring_dataset
     root = generate_pouring_dataset(args.dest, num_train=args.train, num_val=args.val, seed=args.seed, size=args.size)
@@ -91,6 +149,81 @@ def build_parser() -> argparse.ArgumentParser:
                         help="classification probe: logistic regression, or FineGym's linear layer trained with SGD")
     scores.add_argument("--num-classes", type=int, help="phases (default: largest label in train or val + 1)")
     scores.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
+
+    export = add("export", _cmd_export, "save a training checkpoint as a shareable folder (JSON config, "
+                 "safetensors weights, model card)")
+    export.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="checkpoint.pt or a run folder holding one")
+    export.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    export.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty folder that is not a previous export")
+
+    cache = add("cache-features", _cmd_cache_features, "run the frozen backbone once over a dataset and store its "
+                "tokens; train and evaluate then read them when the config matches")
+    cache.add_argument("config", help="a YAML file or a shipped config name")
+    cache.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)")
+    cache.add_argument("--copies", type=int, default=0, metavar="K",
+                       help="also store K augmented copies of every training frame (default: 0)")
+    cache.add_argument("--out", metavar="DIR", help="cache folder (default: data.feature_cache, or one under "
+                       "$MVFORMER_CACHE_DIR or ~/.cache/mvformer)")
+
+    prep = add("prepare", _cmd_prepare, "convert a benchmark download into the generic layout (hard links, "
+               "resumable, never overwrites files it did not write)")
+    prep.add_argument("format", metavar="FORMAT", help="penn_action, pouring, finegym or kinetics400")
+    prep.add_argument("src", metavar="SRC", help="the dataset as published (see mvformer/data/formats.py)")
+    prep.add_argument("dest", metavar="DEST", help="folder to write (penn_action: one root per action and all/)")
+    prep.add_argument("--subset", help="Penn Action action (default: all, each in its own root) or FineGym 99 / 288")
+
+    def add_app(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        """A command that runs a trained model on videos: checkpoint first, shared options."""
+        sub = add(name, handler, help_text)
+        sub.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="checkpoint.pt or a run folder holding one")
+        sub.add_argument("--frames", choices=("squash", "crop"), default="squash",
+                         help="fit frames to the model's square input by squashing (as training does; default) or "
+                              "by a centre crop")
+        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        sub.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+        return sub
+
+    embed = add_app("embed", _cmd_embed, "per-frame embeddings of any videos, saved as .npy (frames x D) + .json")
+    embed.add_argument("videos", nargs="+", metavar="VIDEO",
+                       help="video files, frame folders, or folders of them (a dataset root: its videos/)")
+    embed.add_argument("--out", required=True, metavar="DIR", help="folder for NAME.npy and NAME.json")
+
+    align = add_app("align", _cmd_align, "align videos to a reference; side-by-side video, path CSV, cost matrix PNG")
+    align.add_argument("reference", metavar="A", help="the reference video; the output follows its timeline")
+    align.add_argument("videos", nargs="+", metavar="B", help="videos to align to A (several: a grid)")
+    align.add_argument("--out", required=True, metavar="FILE", help=".mp4 or .gif; FILE_path.csv and FILE_cost.png "
+                       "are written beside it")
+    align.add_argument("--method", choices=("dtw", "nn"), default="dtw",
+                       help="dynamic time warping (monotone) or each frame's nearest neighbour (default: dtw)")
+    align.add_argument("--height", type=int, default=192, help="pixel height of each video in the output")
+    align.add_argument("--fps", type=float, help="frame rate of the output (default: the reference's)")
+
+    retrieve = add_app("retrieve", _cmd_retrieve, "the K nearest frames to a query frame across a folder of videos")
+    retrieve.add_argument("--query", required=True, metavar="VIDEO:FRAME", help="query video and 0-based frame")
+    retrieve.add_argument("--gallery", required=True, nargs="+", metavar="DIR",
+                          help="folders of videos (or video files) to search")
+    retrieve.add_argument("-k", type=int, default=8, help="frames to retrieve (default: 8)")
+    retrieve.add_argument("--other-videos", action="store_true", help="leave the query's own video out")
+    retrieve.add_argument("--out", default="retrieval.png", metavar="FILE.png",
+                          help="contact sheet; FILE.csv beside it (default: retrieval.png)")
+
+    attention = add_app("attention", _cmd_attention, "each entity token's pooling attention over the frames "
+                        "(LSTP models)")
+    attention.add_argument("video")
+    attention.add_argument("--out", required=True, metavar="DIR",
+                           help="folder for attention.npy, attention_strip.png and the animation")
+    attention.add_argument("--every", type=int, default=1, metavar="N", help="animate every N-th frame (default: 1)")
+    attention.add_argument("--format", choices=("gif", "mp4"), default="gif", help="animation format (default: gif)")
+
+    progress = add_app("progress", _cmd_progress, "phase progress of a video, regressed from labelled reference "
+                       "videos")
+    progress.add_argument("--reference", required=True, metavar="ROOT",
+                          help="labelled dataset root in the generic layout (videos/, labels/, splits/)")
+    progress.add_argument("--split", default="train", help="reference split to fit on (default: train)")
+    progress.add_argument("--video", required=True)
+    progress.add_argument("--out", default="progress.png", metavar="FILE.png",
+                          help="plot; FILE.csv beside it (default: progress.png)")
 
     synthetic = add("synthetic", _cmd_synthetic, "write the synthetic pouring dataset (generic layout)")
     synthetic.add_argument("dest")

@@ -59,7 +59,10 @@ class DataConfig:
     clip_len: int = 80  # frames per training view; also the time encoding's training length
     max_stretch: float = 1.5  # views span ceil(r * L) frames, r ~ U(1, max_stretch)
     preload: bool = False  # decode every video once into memory (small datasets)
-    num_workers: int = 0
+    num_workers: int = 0  # decoding and augmentation processes per training process
+    format: str = "generic"  # dataset layout: generic or a benchmark format (mvformer.data.formats)
+    subset: str | None = None  # Penn Action action name, or FineGym "99" / "288"
+    feature_cache: str = "auto"  # auto (use a matching cache in the default place) | none | a folder
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -86,6 +89,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     eval_every: int = 50  # epochs; evaluation always runs after the last epoch too
     checkpoint_every: int = 10  # epochs; a checkpoint is always written after the last epoch too
+    checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every this many steps (0 = only per epoch)
+    max_nonfinite_steps: int = 10  # stop after this many consecutive steps with a NaN/Inf loss or gradient
     output_dir: str = "runs/default"
 
 
@@ -133,11 +138,13 @@ CHOICES = {
     "train.precision": ("fp32", "bf16"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.classifier": ("logistic", "sgd-linear"),
+    "data.format": ("generic", "penn_action", "pouring", "finegym", "kinetics400"),  # mvformer.data.formats
 }
 POSITIVE = (
     "backbone.chunk_size", "model.num_tokens", "model.pool_dim", "model.hidden_size", "model.num_heads",
     "model.ff_dim", "model.embedding_size", "model.projection_size", "data.image_size", "data.clip_len",
-    "train.epochs", "train.batch_size", "train.eval_every", "train.checkpoint_every", "eval.stride",
+    "train.epochs", "train.batch_size", "train.eval_every", "train.checkpoint_every", "train.max_nonfinite_steps",
+    "eval.stride",
     "loss.temperature", "loss.variance",
 )
 
@@ -194,7 +201,7 @@ def _build(cls, data: dict, source: str, prefix: str = ""):
 
 
 def _validate(config: Config, source: str) -> None:
-    flat = _flatten(config.to_dict())
+    flat = flatten_tree(config.to_dict())
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise MVFormerError(f"{source}: '{key}' is {flat[key]!r}; choose one of {', '.join(allowed)}")
@@ -210,6 +217,8 @@ def _validate(config: Config, source: str) -> None:
         raise MVFormerError(f"{source}: 'model.dropout' must be in [0, 1), got {config.model.dropout}")
     if config.data.max_stretch < 1:
         raise MVFormerError(f"{source}: 'data.max_stretch' must be >= 1, got {config.data.max_stretch}")
+    if config.data.num_workers < 0 or config.train.checkpoint_every_steps < 0:
+        raise MVFormerError(f"{source}: 'data.num_workers' and 'train.checkpoint_every_steps' must be >= 0")
     if any(not 0 < f <= 1 for f in config.eval.fractions):
         raise MVFormerError(f"{source}: 'eval.fractions' must lie in (0, 1], got {config.eval.fractions}")
     if config.model.pooling in ("cls", "max", "avg") and config.model.num_tokens != 1:
@@ -217,11 +226,12 @@ def _validate(config: Config, source: str) -> None:
                             f"frame; set 'model.num_tokens' to 1")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten_tree(tree: dict, separator: str = ".", prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}, in the order given."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_tree(value, separator, f"{prefix}{key}{separator}"))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

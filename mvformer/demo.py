@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvformer.apps import write_demo_pictures
 from mvformer.backbone import build_backbone
 from mvformer.config import Config, apply_overrides, config_from_dict, load_config
 from mvformer.data.datasets import VideoDataset
@@ -118,4 +119,7 @@ def run_demo(out_dir: Path, seeds: list[int], config_overrides: list[str] = (), 
     plot_training_curves(curves, out_dir / "training_curves.png")
     log("\n" + summary)
     log(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.json'}, {out_dir / 'training_curves.png'}")
+    mvformer_run = out_dir / f"{_slug(VARIANTS[0].label)}_seed{seeds[0]}"
+    write_demo_pictures(mvformer_run, data_root, out_dir / "pictures", device=base.train.device)
+    log(f"wrote pictures of embed, align, retrieve, attention and progress in {out_dir / 'pictures'}")
     return rows

@@ -147,3 +147,15 @@ class MVFormer(nn.Module):
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
             raise ValueError(f"weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+    def save_pretrained(self, directory, metrics: dict | None = None, data: str | None = None,
+                        overwrite: bool = False):
+        """Write config.json, model.safetensors and a README.md model card to `directory` (no pickle)."""
+        from mvformer.pretrained import save_pretrained
+        return save_pretrained(self, directory, metrics=metrics, data=data, overwrite=overwrite)
+
+    @classmethod
+    def from_pretrained(cls, directory, backbone: FrozenBackbone | None = None) -> "MVFormer":
+        """A model written by `save_pretrained`, in eval mode; the backbone is rebuilt from the config."""
+        from mvformer.pretrained import load_pretrained
+        return load_pretrained(directory, backbone)

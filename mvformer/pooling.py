@@ -26,6 +26,7 @@ class SpatialTokenPooling(nn.Module):
         self.out_dim = dim
         self.queries = nn.Parameter(torch.randn(num_tokens, dim) * dim**-0.5)
         self.key = nn.Linear(in_dim, dim)
+        self.key.bias.requires_grad_(False)  # kept for weight compatibility; it cancels in the softmax
         self.value = nn.Linear(in_dim, dim)
 
     def _patch_space_queries(self) -> torch.Tensor:

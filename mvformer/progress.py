@@ -7,7 +7,8 @@ from tqdm.auto import tqdm
 NO_PROGRESS_VARIABLE = "MVFORMER_NO_PROGRESS"
 
 
-def progress_bar(iterable=None, **kwargs) -> tqdm:
-    """A tqdm bar that is off when stderr is not a terminal or MVFORMER_NO_PROGRESS is set."""
-    disable = True if os.environ.get(NO_PROGRESS_VARIABLE) else None  # None: tqdm's "only on a terminal"
+def progress_bar(iterable=None, disable: bool | None = None, **kwargs) -> tqdm:
+    """A tqdm bar that is off when stderr is not a terminal, MVFORMER_NO_PROGRESS is set or `disable` is true."""
+    if os.environ.get(NO_PROGRESS_VARIABLE):
+        disable = True  # None (the default) is tqdm's "only on a terminal"
     return tqdm(iterable, disable=disable, **kwargs)

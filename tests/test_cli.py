@@ -31,7 +31,7 @@ def run_cli(args, capsys):
 
 def train_args(root, out_dir, *extra):
     return ["train", "demo", "--no-progress", "--set", f"data.root={root}", "--set", f"train.output_dir={out_dir}",
-            "--set", "train.epochs=1", *extra]
+            "--set", "train.epochs=1", "--set", "train.batch_size=2", *extra]
 
 
 def assert_one_line_failure(status, err, *fragments):

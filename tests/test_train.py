@@ -1,5 +1,7 @@
 """Training end to end on a small synthetic set: the loss falls, alignment improves, checkpoints are safe."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from mvformer.errors import MVFormerError
 from mvformer.evaluation.embed import embed_dataset
 from mvformer.evaluation.metrics import kendalls_tau
 from mvformer.model import MVFormer
-from mvformer.train import TrainingClips, learning_rate_factor, load_checkpoint, model_from_checkpoint, read_metrics, train
+from mvformer.train import TrainingClips, epoch_batches, learning_rate_factor, load_checkpoint, model_from_checkpoint, read_metrics, train
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def test_checkpoint_reloads_the_same_model_and_resume_continues(pouring_root, sp
     longer = vision_only_config(pouring_root, tmp_path / "run", epochs=3, **{"train.checkpoint_every": 1})
     with pytest.raises(MVFormerError, match="different config"):
         train(longer, train_set, val_set, resume=True)
-    assert load_checkpoint(result.run_dir)["epoch"] == 1
+    assert (load_checkpoint(result.run_dir)["epoch"], load_checkpoint(result.run_dir)["step"]) == (2, 0)
 
 
 class Killed(Exception):
@@ -88,23 +90,98 @@ def test_resume_reaches_the_uninterrupted_result(pouring_root, splits, tmp_path,
     with pytest.raises(Killed):
         train(cut, train_set, val_set)
     monkeypatch.setattr(mvformer.train, "save_checkpoint", real_save)
-    assert load_checkpoint(tmp_path / "cut")["epoch"] == 0
+    assert load_checkpoint(tmp_path / "cut")["epoch"] == 1
     resumed_state = train(cut, train_set, val_set, resume=True).model.trainable_state_dict()
     for key, value in whole_state.items():
-        torch.testing.assert_close(resumed_state[key], value, msg=key)
+        assert torch.equal(resumed_state[key], value), key
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(pouring_root, splits, tmp_path, monkeypatch):
+    train_set, val_set = splits
+    settings = {"train.checkpoint_every_steps": 5, "train.checkpoint_every": 1, "model.dropout": 0.3}
+    whole = vision_only_config(pouring_root, tmp_path / "whole", epochs=2, **settings)
+    whole_state = train(whole, train_set, val_set).model.trainable_state_dict()
+
+    cut = vision_only_config(pouring_root, tmp_path / "cut", epochs=2, **settings)
+    real_save, saves = mvformer.train.save_checkpoint, []
+
+    def save_then_die_on_the_third(path, state):
+        real_save(path, state)
+        saves.append((state["epoch"], state["step"]))
+        if len(saves) == 3:
+            raise Killed
+
+    monkeypatch.setattr(mvformer.train, "save_checkpoint", save_then_die_on_the_third)
+    with pytest.raises(Killed):
+        train(cut, train_set, val_set)
+    monkeypatch.setattr(mvformer.train, "save_checkpoint", real_save)
+    assert saves == [(0, 5), (0, 10), (1, 0)]  # 12 videos, batch 1: steps 5 and 10, then the epoch's end
+    resumed_state = train(cut, train_set, val_set, resume=True).model.trainable_state_dict()
+    for key, value in whole_state.items():
+        assert torch.equal(resumed_state[key], value), key
 
 
 def test_clip_draws_depend_on_seed_epoch_and_index_only(splits):
     train_set, _ = splits
-    clips = TrainingClips(train_set, clip_len=16, max_stretch=1.5, seed=0)
+    def clips_of(seed):
+        return TrainingClips(train_set, clip_len=16, max_stretch=1.5, seed=seed, image_size=64, augment=None,
+                             mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+    clips = clips_of(0)
     first = clips[3]
-    again = TrainingClips(train_set, clip_len=16, max_stretch=1.5, seed=0)[3]
+    again = clips_of(0)[3]
     assert torch.equal(first["steps"], again["steps"]) and torch.equal(first["frames"], again["frames"])
-    assert first["frames"].shape == (2, 16, 64, 64, 3) and first["frames"].dtype == torch.uint8
+    assert first["frames"].shape == (2, 16, 3, 64, 64) and first["frames"].dtype == torch.float32
+    assert not torch.equal(clips_of(1)[3]["steps"], first["steps"])
     clips.epoch = 1
     assert not torch.equal(clips[3]["steps"], first["steps"])
-    expected = train_set.frames(3)[first["steps"].numpy()]
-    np.testing.assert_array_equal(first["frames"].numpy(), expected)
+    expected = train_set.frames(3)[first["steps"].numpy()]  # (2, 16, 64, 64, 3) uint8
+    np.testing.assert_allclose(first["frames"].permute(0, 1, 3, 4, 2).numpy() * 255, expected, atol=1e-3)
+
+
+def test_epoch_batches_cover_each_video_once_and_depend_on_the_epoch():
+    first, again, other = (epoch_batches(10, 3, seed=0, epoch=e) for e in (0, 0, 1))
+    assert first.shape == (3, 3) and len(set(first.ravel().tolist())) == 9
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    with pytest.raises(MVFormerError, match="larger than the training set"):
+        epoch_batches(2, 3, seed=0, epoch=0)
+
+
+def test_an_unreadable_video_is_skipped_and_counted(pouring_root, tmp_path):
+    broken_root = tmp_path / "data"
+    shutil.copytree(pouring_root, broken_root)
+    shutil.rmtree(broken_root / "labels")  # an unlabelled set, as large pre-training sets are
+    train_set = VideoDataset(broken_root, "train", size=64)
+    victim = train_set.records[2].path
+    victim.write_bytes(victim.read_bytes()[:2000])  # truncated after the dataset was indexed
+    config = vision_only_config(broken_root, tmp_path / "run", epochs=1)
+    result = train(config, train_set, VideoDataset(broken_root, "val", size=64))
+    record = [r for r in read_metrics(result.run_dir) if "loss" in r][0]
+    assert record["skipped_videos"] == 1 and np.isfinite(record["loss"])
+
+
+def test_nonfinite_steps_are_skipped_and_too_many_stop_the_run(pouring_root, splits, tmp_path, monkeypatch):
+    train_set, val_set = splits
+    real_loss = mvformer.train.sequence_contrastive_loss
+    calls = []
+
+    def loss_nan_on_steps_2_and_3(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) in (2, 3) else loss
+
+    monkeypatch.setattr(mvformer.train, "sequence_contrastive_loss", loss_nan_on_steps_2_and_3)
+    result = train(vision_only_config(pouring_root, tmp_path / "run", epochs=1), train_set, val_set)
+    record = [r for r in read_metrics(result.run_dir) if "loss" in r][0]
+    assert record["nonfinite_steps"] == 2 and np.isfinite(record["loss"])
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(result.run_dir)["model"].values()
+               if v.is_floating_point())
+
+    monkeypatch.setattr(mvformer.train, "sequence_contrastive_loss", lambda *args: real_loss(*args) * float("inf"))
+    config = vision_only_config(pouring_root, tmp_path / "dies", epochs=1, **{"train.max_nonfinite_steps": 3})
+    with pytest.raises(MVFormerError, match="step 2: loss or gradient not finite for 3 consecutive steps"):
+        train(config, train_set, val_set)
+    assert not (tmp_path / "dies" / "checkpoint.pt").exists()
 
 
 def test_learning_rate_schedule_warms_up_then_decays_to_zero():

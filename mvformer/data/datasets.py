@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mvformer.data.video import IMAGE_SUFFIXES, FrameIndices, as_frame_indices, count_frames, read_video
+from mvformer.data.video import (IMAGE_SUFFIXES, FrameIndices, VideoIndex, as_frame_indices, count_frames, index_video,
+                                 read_video)
 from mvformer.errors import MVFormerError
 from mvformer.progress import progress_bar
 
@@ -79,6 +80,18 @@ def _parse_label(value: str, classes: list[str] | None) -> int | None:
     return label
 
 
+def _shown(path: Path, root: Path) -> Path:
+    """`path` relative to the dataset root when it lies inside it, else as given."""
+    return path.relative_to(root) if path.is_relative_to(root) else path
+
+
+def _read_video_labels(root: Path, name: str, classes: list[str] | None) -> np.ndarray:
+    path = root / "labels" / f"{name}.csv"
+    if not path.is_file():
+        raise MVFormerError(f"{root}: labels/ exists but labels/{name}.csv does not")
+    return _read_labels(path, root, classes)
+
+
 def _read_labels(path: Path, root: Path, classes: list[str] | None) -> np.ndarray:
     """Labels int64 (rows,) of one label CSV, checking header, frame numbering and label values."""
     shown = path.relative_to(root)
@@ -108,49 +121,74 @@ class VideoDataset:
     size: frames are decoded squashed to size x size (None = native size).
     preload: decode every video once now and serve frames from memory.
     num_classes: len(classes.txt), else 1 + the largest label of this split, else None without labels.
+    skipped: (path, reason) of unreadable videos left out (unlabelled sets only; elsewhere they are errors).
+    Only lengths, keyframe indexes and labels are held in memory, never the videos (unless preloaded).
     """
 
     def __init__(self, root: str | Path, split: str, size: int | None = None, preload: bool = False) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.size = size
-        if not self.root.is_dir():
-            raise MVFormerError(f"{self.root}: dataset root does not exist or is not a folder")
-        split_path = self.root / "splits" / f"{split}.txt"
+        root = Path(root)
+        if not root.is_dir():
+            raise MVFormerError(f"{root}: dataset root does not exist or is not a folder")
+        split_path = root / "splits" / f"{split}.txt"
         if not split_path.is_file():
-            raise MVFormerError(f"{self.root}: split file splits/{split}.txt does not exist")
-        names = _read_names(split_path, self.root, f"split file splits/{split}.txt", "videos")
-        classes_path = self.root / "classes.txt"
-        has_classes = classes_path.is_file()
-        self.classes = _read_names(classes_path, self.root, "classes.txt", "classes") if has_classes else None
-        paths = [_find_video(self.root, name, f"splits/{split}.txt") for name in names]
-        has_labels = (self.root / "labels").is_dir()
-        labels = [self._read_video_labels(name) if has_labels else None for name in names]  # before slow decoding
-
-        self._videos: list[np.ndarray] | None = None  # each (T, H, W, 3) when preloaded
-        if preload:
-            progress = progress_bar(paths, desc=f"decoding {split} videos", unit="video")
-            self._videos = [read_video(path, size) for path in progress]
-            counts = [len(video) for video in self._videos]
-        else:
-            counts = [count_frames(path) for path in paths]
+            raise MVFormerError(f"{root}: split file splits/{split}.txt does not exist")
+        names = _read_names(split_path, root, f"split file splits/{split}.txt", "videos")
+        classes_path = root / "classes.txt"
+        classes = _read_names(classes_path, root, "classes.txt", "classes") if classes_path.is_file() else None
+        paths = [_find_video(root, name, f"splits/{split}.txt") for name in names]
+        has_labels = (root / "labels").is_dir()
+        labels = [_read_video_labels(root, name, classes) if has_labels else None for name in names]
+        indexes = [None if path.is_dir() else index_video(path) for path in paths]
+        counts = [count_frames(path) if index is None else index.num_frames for path, index in zip(paths, indexes)]
         for name, path, num_frames, video_labels in zip(names, paths, counts, labels):
             if video_labels is not None and len(video_labels) != num_frames:
-                raise MVFormerError(f"{self.root}: labels/{name}.csv has {len(video_labels)} rows but "
-                                    f"{path.relative_to(self.root)} has {num_frames} frames")
-        self.records = [VideoRecord(*fields) for fields in zip(names, paths, counts, labels)]
-        self.num_classes = len(self.classes) if self.classes is not None else self._largest_label_plus_one()
+                raise MVFormerError(f"{root}: labels/{name}.csv has {len(video_labels)} rows but "
+                                    f"{path.relative_to(root)} has {num_frames} frames")
+        records = [VideoRecord(*fields) for fields in zip(names, paths, counts, labels)]
+        self._setup(root, split, records, classes, size, preload, None, [], indexes)
 
-    def _read_video_labels(self, name: str) -> np.ndarray:
-        path = self.root / "labels" / f"{name}.csv"
-        if not path.is_file():
-            raise MVFormerError(f"{self.root}: labels/ exists but labels/{name}.csv does not")
-        return _read_labels(path, self.root, self.classes)
+    @classmethod
+    def from_records(cls, root: str | Path, split: str, records: list[VideoRecord], classes: list[str] | None = None,
+                     size: int | None = None, preload: bool = False, num_classes: int | None = None,
+                     skipped: list[tuple[Path, str]] | None = None) -> VideoDataset:
+        """A dataset of records built by a format reader (mvformer.data.formats), checked like the generic one."""
+        dataset = cls.__new__(cls)
+        dataset._setup(Path(root), split, list(records), classes, size, preload, num_classes, list(skipped or []),
+                       [None] * len(records))
+        return dataset
+
+    def _setup(self, root: Path, split: str, records: list[VideoRecord], classes: list[str] | None,
+               size: int | None, preload: bool, num_classes: int | None, skipped: list[tuple[Path, str]],
+               indexes: list[VideoIndex | None]) -> None:
+        self.root, self.split, self.size, self.classes, self.skipped = root, split, size, classes, skipped
+        if not records:
+            raise MVFormerError(f"{root}: split {split!r} holds no readable videos")
+        for record in records:
+            if record.labels is not None and len(record.labels) != record.num_frames:
+                raise MVFormerError(f"{root}: the labels of {record.name!r} have {len(record.labels)} rows but "
+                                    f"{_shown(record.path, root)} has {record.num_frames} frames")
+        self.records = records
+        self._indexes = indexes  # filled lazily for records from a format reader
+        self._videos: list[np.ndarray] | None = None  # each (T, H, W, 3) when preloaded
+        if preload:
+            progress = progress_bar(range(len(records)), desc=f"decoding {split} videos", unit="video")
+            self._videos = [read_video(records[i].path, size) for i in progress]
+            for record, video in zip(records, self._videos):
+                if len(video) != record.num_frames:
+                    raise MVFormerError(f"{_shown(record.path, root)}: decodes to {len(video)} frames, but its "
+                                        f"container lists {record.num_frames}")
+        self.num_classes = num_classes if num_classes is not None else (
+            len(classes) if classes is not None else self._largest_label_plus_one())
 
     def _largest_label_plus_one(self) -> int | None:
         """Class count inferred from integer labels (no classes.txt); None when no frame is labelled."""
         largest = max((int(r.labels.max()) for r in self.records if r.labels is not None and len(r.labels)), default=-1)
         return largest + 1 if largest >= 0 else None
+
+    @property
+    def labelled(self) -> bool:
+        """Whether every video has frame labels (only then can the split be scored)."""
+        return all(record.labels is not None for record in self.records)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -159,7 +197,9 @@ class VideoDataset:
         """Frames of video i, uint8 (T, H, W, 3) at the dataset's size; only `indices` (sorted) if given."""
         record = self.records[i]
         if self._videos is None:
-            return read_video(record.path, self.size, indices)
+            if self._indexes[i] is None and not record.path.is_dir():
+                self._indexes[i] = index_video(record.path)
+            return read_video(record.path, self.size, indices, self._indexes[i])
         video = self._videos[i]  # (T, H, W, 3)
         if indices is None:
             return video.copy()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -76,18 +78,26 @@ def _to_rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
     return frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="AREA")
 
 
-def _decoded_frames(path: Path) -> Iterator[av.VideoFrame]:
-    """Decode the first video stream of `path` frame by frame; FFmpeg failures become MVFormerError."""
+@contextmanager
+def _video_stream(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """The open container and first video stream of `path`; FFmpeg failures inside become MVFormerError."""
     if not path.is_file():
         raise MVFormerError(f"{path}: cannot decode video (no such file)")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise MVFormerError(f"{path}: cannot decode video (no video stream)")
-            stream = container.streams.video[0]
-            yield from container.decode(stream)
+            yield container, container.streams.video[0]
     except av.FFmpegError as error:
         raise MVFormerError(f"{path}: cannot decode video ({_reason(error)})") from None
+
+
+def _decoded_frames(path: Path, seek_pts: int | None = None) -> Iterator[av.VideoFrame]:
+    """Decode the first video stream of `path` frame by frame, from the keyframe at `seek_pts` if given."""
+    with _video_stream(path) as (container, stream):
+        if seek_pts is not None:
+            container.seek(seek_pts, backward=True, any_frame=False, stream=stream)
+        yield from container.decode(stream)
 
 
 def _read_image(path: Path, size: int | None) -> np.ndarray:
@@ -112,32 +122,81 @@ def _read_frame_folder(folder: Path, size: int | None, indices: np.ndarray | Non
     return np.stack([images[index] for index in wanted])  # (T, H, W, 3)
 
 
-def _read_video_file(path: Path, size: int | None, indices: np.ndarray | None) -> np.ndarray:
+@dataclass(frozen=True)
+class VideoIndex:
+    """Where a video file's frames are, from its packets (no decoding): its length and its keyframes."""
+
+    num_frames: int
+    keyframe_pts: np.ndarray  # (K,) int64 presentation timestamps of the keyframes, ascending
+    keyframe_frames: np.ndarray  # (K,) int64 frame index of each keyframe (presentation order)
+
+
+def index_video(path: str | Path) -> VideoIndex:
+    """Count the frames of a video file and locate its keyframes by reading packets only (milliseconds).
+
+    Keyframes are left out (no seeking) when the container gives packets without timestamps.
+    """
+    path = Path(path)
+    with _video_stream(path) as (container, stream):
+        packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream) if packet.size > 0]
+    if not packets:
+        raise MVFormerError(f"{path}: cannot decode video (no frames)")
+    no_seeking = np.zeros(0, dtype=np.int64)
+    if any(pts is None for pts, _ in packets):
+        return VideoIndex(len(packets), no_seeking, no_seeking)
+    pts = np.array([pts for pts, _ in packets], dtype=np.int64)
+    is_keyframe = np.array([keyframe for _, keyframe in packets])
+    order = np.argsort(pts, kind="stable")  # decode order -> presentation order
+    if np.any(np.diff(pts[order]) == 0):
+        return VideoIndex(len(packets), no_seeking, no_seeking)
+    keyframe_frames = np.flatnonzero(is_keyframe[order])
+    return VideoIndex(len(packets), pts[order][keyframe_frames], keyframe_frames.astype(np.int64))
+
+
+def _decoded_frames_from(path: Path, index: VideoIndex | None, first: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(frame index, frame) from the last keyframe at or before frame `first` on (from frame 0 without index)."""
+    keyframe = -1 if index is None else int(np.searchsorted(index.keyframe_frames, first, side="right")) - 1
+    if keyframe <= 0:
+        yield from enumerate(_decoded_frames(path))
+        return
+    start_pts, frame_index = int(index.keyframe_pts[keyframe]), int(index.keyframe_frames[keyframe])
+    for frame in _decoded_frames(path, seek_pts=start_pts):
+        if frame.pts is not None and frame.pts < start_pts:  # open-GOP leftovers before the keyframe
+            continue
+        yield frame_index, frame
+        frame_index += 1
+
+
+def _read_video_file(path: Path, size: int | None, indices: np.ndarray | None, index: VideoIndex | None) -> np.ndarray:
     wanted = None if indices is None else set(indices.tolist())
+    first = 0 if not wanted else int(indices[0])
     last = None if indices is None else int(indices[-1]) if len(indices) else 0  # decode no further
     images: dict[int, np.ndarray] = {}  # frame index -> (H, W, 3)
     num_decoded = 0
-    for index, frame in enumerate(_decoded_frames(path)):
-        num_decoded = index + 1
-        if wanted is None or index in wanted or not wanted:  # no frame wanted: keep frame 0 for its size
-            images[index] = _to_rgb(frame, size)
-        if index == last:
+    for frame_index, frame in _decoded_frames_from(path, index, first):
+        num_decoded = frame_index + 1
+        if wanted is None or frame_index in wanted or not wanted:  # no frame wanted: keep frame 0 for its size
+            images[frame_index] = _to_rgb(frame, size)
+        if frame_index == last:
             break
     if num_decoded == 0:
         raise MVFormerError(f"{path}: cannot decode video (no frames)")
     if indices is None:
-        return np.stack([images[index] for index in range(num_decoded)])  # (T, H, W, 3)
+        return np.stack([images[i] for i in range(num_decoded)])  # (T, H, W, 3)
     as_frame_indices(indices, path, num_decoded)
     if not len(indices):
-        return np.zeros((0, *images[0].shape), dtype=np.uint8)
-    return np.stack([images[index] for index in indices])  # (len(indices), H, W, 3)
+        return np.zeros((0, *images[min(images)].shape), dtype=np.uint8)
+    return np.stack([images[i] for i in indices])  # (len(indices), H, W, 3)
 
 
-def read_video(path: str | Path, size: int | None = None, indices: FrameIndices | None = None) -> np.ndarray:
+def read_video(path: str | Path, size: int | None = None, indices: FrameIndices | None = None,
+               index: VideoIndex | None = None) -> np.ndarray:
     """Decode a video file or frame folder to uint8 RGB (T, H, W, 3).
 
     size: squash every frame to size x size (aspect ratio not kept), done in the decoder.
-    indices: sorted frame indices to keep (repeats allowed); decoding stops after the last one.
+    indices: sorted frame indices to keep (repeats allowed); only these are converted to RGB, and decoding
+        stops after the last one.
+    index: the file's `index_video`; with it, decoding starts at the keyframe before the first index.
     """
     path = Path(path)
     frame_indices = None if indices is None else as_frame_indices(indices, path)
@@ -145,23 +204,39 @@ def read_video(path: str | Path, size: int | None = None, indices: FrameIndices 
         raise MVFormerError(f"{path}: frame size must be a positive number of pixels, got {size}")
     if path.is_dir():
         return _read_frame_folder(path, size, frame_indices)
-    return _read_video_file(path, size, frame_indices)
+    return _read_video_file(path, size, frame_indices, index)
+
+
+def frame_chunks(path: str | Path, chunk_size: int, size: int | None = None) -> Iterator[np.ndarray]:
+    """A whole video decoded once, in order, as uint8 blocks (<= chunk_size, H, W, 3): bounded memory."""
+    path = Path(path)
+    if path.is_dir():
+        total = len(frame_image_paths(path))
+        for start in range(0, total, chunk_size):
+            yield read_video(path, size, np.arange(start, min(start + chunk_size, total)))
+        return
+    block = []
+    for frame in _decoded_frames(path):
+        block.append(_to_rgb(frame, size))
+        if len(block) == chunk_size:
+            yield np.stack(block)
+            block = []
+    if block:
+        yield np.stack(block)
 
 
 def count_frames(path: str | Path) -> int:
-    """Exact number of frames of a video file (by decoding it) or frame folder (by its images)."""
+    """Number of frames of a video file (from its packets) or frame folder (from its images)."""
     path = Path(path)
     if path.is_dir():
         return len(frame_image_paths(path))
-    num_frames = sum(1 for _ in _decoded_frames(path))
-    if num_frames == 0:
-        raise MVFormerError(f"{path}: cannot decode video (no frames)")
-    return num_frames
+    return index_video(path).num_frames
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float = 25) -> None:
+def write_video(path: str | Path, frames: np.ndarray, fps: float = 25, keyframe_interval: int = 250) -> None:
     """Encode uint8 RGB frames (T, H, W, 3) with H.264 (yuv420p, crf 8) so that colours survive.
 
+    keyframe_interval: at most this many frames between keyframes (short intervals make seeking cheap).
     The same frames always give the same bytes. Writes a temporary file beside `path`, then renames it, so that a
     crash never leaves a half-written video.
     """
@@ -179,7 +254,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 25) -> None:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             # x264's macroblock tree makes the bitstream of small videos vary from run to run: turn it off.
-            stream.options = {"crf": "8", "x264-params": "mbtree=0"}
+            stream.options = {"crf": "8", "x264-params": f"mbtree=0:keyint={keyframe_interval}"}
             for rgb in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
             container.mux(stream.encode(None))

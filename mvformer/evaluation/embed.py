@@ -21,12 +21,13 @@ def prepare_frames(frames: np.ndarray, model: MVFormer, device: torch.device) ->
 
 @torch.no_grad()
 def embed_dataset(model: MVFormer, dataset: VideoDataset, device: torch.device, desc: str = "embedding",
-                  chunk_size: int = 256) -> list[np.ndarray]:
-    """One (L, E) float32 array of L2-normalised embeddings per video of `dataset`, in order."""
+                  chunk_size: int = 256, indices: list[int] | None = None) -> list[np.ndarray]:
+    """One (L, E) float32 array of L2-normalised embeddings per video of `dataset` (or of `indices`), in order."""
     was_training = model.training
     model.eval()
     embeddings = []
-    for index in progress_bar(range(len(dataset)), desc=desc, leave=False, unit="video"):
+    for index in progress_bar(range(len(dataset)) if indices is None else indices, desc=desc, leave=False,
+                              unit="video"):
         frames = prepare_frames(dataset.frames(index), model, device)
         embeddings.append(model.embed_video(frames, chunk_size).float().cpu().numpy())
     model.train(was_training)

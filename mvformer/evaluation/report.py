@@ -1,14 +1,21 @@
 """`mvformer evaluate`: a checkpoint over a dataset's train and val videos -> embeddings, metrics, pictures."""
 
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from mvformer.config import Config
 from mvformer.data.datasets import VideoDataset
+from mvformer.data.formats import open_dataset, penn_action_actions
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.embed import embed_dataset
 from mvformer.evaluation.embeddings_io import format_table, score_files
+from mvformer.features import embed_cached_split, open_feature_cache
+from mvformer.model import MVFormer
 from mvformer.train import model_from_checkpoint, resolve_device
 from mvformer.viz import plot_alignment
 
@@ -26,28 +33,59 @@ def save_embeddings(path: Path, train_embs: list[np.ndarray], train_set: VideoDa
     np.savez(path, **arrays)
 
 
+def evaluation_datasets(config: Config, data_roots: list[str] | None) -> list[tuple[str, tuple[Path, str, str | None]]]:
+    """(report name, (root, format, subset)) of each dataset to score, the training data by default.
+
+    A root holding splits/ is read in the generic layout, any other in the config's format. Penn Action without a
+    chosen action becomes its 13 actions, each scored on its own (PROTOCOL.md).
+    """
+    datasets = []
+    for root in [Path(root) for root in (data_roots or [config.data.root])]:
+        format = "generic" if (root / "splits").is_dir() else config.data.format
+        subset = None if format == "generic" else config.data.subset
+        if format == "penn_action" and subset is None:
+            datasets += [(action, (root, format, action)) for action in penn_action_actions(root)]
+        else:
+            datasets.append((root.name if subset is None else f"{root.name}_{subset}", (root, format, subset)))
+    return datasets
+
+
+def _embed_splits(model: MVFormer, name: str, root_format_subset: tuple[Path, str, str | None],
+                  train_set: VideoDataset, val_set: VideoDataset, device: torch.device) -> tuple[list, list]:
+    """Embeddings of both splits, from the feature cache when one matches this dataset, else from the videos."""
+    root, format, subset = root_format_subset
+    data = dataclasses.replace(model.config.data, root=str(root), format=format, subset=subset)
+    cache = open_feature_cache(dataclasses.replace(model.config, data=data), datasets={"train": train_set,
+                                                                                       "val": val_set},
+                               note=lambda line: print(f"mvformer: {line}", file=sys.stderr))
+    if cache is None:
+        return tuple(embed_dataset(model, dataset, device, f"embedding {name} {split}")
+                     for split, dataset in (("train", train_set), ("val", val_set)))
+    return tuple(embed_cached_split(model, cache, split, device, desc=f"embedding {name} {split} (cached)")
+                 for split in ("train", "val"))
+
+
 def evaluate_checkpoint(checkpoint: str, data_roots: list[str] | None = None, out_dir: str | None = None) -> dict:
     """Embed every frame of the train and val splits of each dataset root (default: the training data),
     write DATASET.npz per dataset, metrics.json (each dataset and the mean over them, as the paper averages
     Penn Action's 13 actions) and an alignment picture of two validation videos; print the table."""
     model = model_from_checkpoint(checkpoint)
     config = model.config
-    roots = [Path(root) for root in (data_roots or [config.data.root])]
-    names = [root.name for root in roots]
+    datasets = evaluation_datasets(config, data_roots)
+    names = [name for name, _ in datasets]
     if len(set(names)) != len(names):
         raise MVFormerError(f"dataset folders must have different names to be reported apart: {', '.join(names)}")
     splits = []
-    for root in roots:
-        train_set = VideoDataset(root, "train", size=config.data.image_size)
-        val_set = VideoDataset(root, "val", size=config.data.image_size)
-        if any(r.labels is None for r in train_set.records + val_set.records):
+    for name, (root, format, subset) in datasets:
+        train_set, val_set = (open_dataset(root, split, format, subset, size=config.data.image_size)
+                              for split in ("train", "val"))
+        if not (train_set.labelled and val_set.labelled):
             raise MVFormerError(f"{root}: the dataset has no frame labels, so it cannot be scored")
         splits.append((train_set, val_set))
     device = resolve_device(config.train.device)
     model.to(device)
-    embedded = [(embed_dataset(model, train_set, device, f"embedding {name} train"),
-                 embed_dataset(model, val_set, device, f"embedding {name} val"))
-                for name, (train_set, val_set) in zip(names, splits)]
+    embedded = [_embed_splits(model, name, root_format_subset, train_set, val_set, device)
+                for (name, root_format_subset), (train_set, val_set) in zip(datasets, splits)]
 
     checkpoint_path = Path(checkpoint)
     run_dir = checkpoint_path if checkpoint_path.is_dir() else checkpoint_path.parent

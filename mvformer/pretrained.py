@@ -1,0 +1,256 @@
+"""Sharing a trained model without pickle: a folder of config.json, model.safetensors and a README.md model card.
+
+Only the trainable head is stored; the frozen backbone is rebuilt from the config's backbone name and
+weights path, exactly as training checkpoints do. Loading reads JSON and safetensors only, so an export
+from a stranger cannot run code on the reader's machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mvformer import __version__
+from mvformer.config import Config, config_from_dict, flatten_tree
+from mvformer.errors import MVFormerError
+from mvformer.model import MVFormer
+from mvformer.train import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, read_metrics
+
+FORMAT_NAME = "mvformer-pretrained"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+WEIGHTLESS_BACKBONES = {"tiny": "a fixed-seed random ViT", "patches": "raw pixel patches"}
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Call `write(temporary path)`, then rename over `path`: a kill never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _is_export(directory: Path) -> bool:
+    """Whether `directory` holds a config.json written by `save_pretrained`."""
+    try:
+        stored = json.loads((directory / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stored, dict) and stored.get("format") == FORMAT_NAME
+
+
+def _format_number(value) -> str:
+    if value is None or isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _backbone_note(config: Config) -> str:
+    backbone = config.backbone
+    if backbone.name in WEIGHTLESS_BACKBONES:
+        return (f"The `{backbone.name}` backbone ({WEIGHTLESS_BACKBONES[backbone.name]}) needs no weights file: "
+                f"this folder is all that is needed.")
+    where = (f"the config expects it at `{backbone.path}` (a relative path is read from the current directory)"
+             if backbone.path else "the config names no such folder yet (`backbone.path` is empty)")
+    return (f"The frozen `{backbone.name}` backbone's weights are **not included**. `from_pretrained` rebuilds "
+            f"it from a local transformers `save_pretrained` folder; {where}. Put the weights there, edit "
+            f"`config.backbone.path` in `{CONFIG_NAME}`, or pass `backbone=` to `from_pretrained`.")
+
+
+def model_card(config: Config, metrics: dict | None = None, data: str | None = None,
+               trained_epochs: int | None = None) -> str:
+    """The README.md written beside the weights: architecture, training data, metrics, how to load."""
+    model, backbone = config.model, config.backbone
+    epochs = str(config.train.epochs) if trained_epochs in (None, config.train.epochs) \
+        else f"{trained_epochs} of the {config.train.epochs} configured"
+    fc_layers = ", ".join(map(str, model.fc_layers)) or "none"
+    lines = [
+        f"# {config.name}",
+        "",
+        f"An MV-Former frame-embedding model (mvformer {__version__}): a frozen image backbone, entity tokens "
+        f"per frame, a transformer over tokens and frames, one L2-normalised embedding per frame. Trained "
+        f"self-supervised with the sequence contrastive loss (SCL).",
+        "",
+        "## Architecture",
+        "",
+        "| part | setting |",
+        "|---|---|",
+        f"| backbone (frozen) | `{backbone.name}`, blocks {', '.join(map(str, backbone.blocks))}, "
+        f"{config.data.image_size}x{config.data.image_size} frames |",
+        f"| pooling | `{model.pooling}`, {model.num_tokens} token(s) of width {model.pool_dim}, "
+        f"token id: {model.token_id} |",
+        f"| FC layers | {fc_layers} |",
+        f"| temporal encoder | {model.num_layers} layers, {model.num_heads} heads, hidden {model.hidden_size}, "
+        f"feed-forward {model.ff_dim}, time encoding {model.time_encoding} |",
+        f"| token reduction | {model.token_reduction} |",
+        f"| embedding size | {model.embedding_size} |",
+        "",
+        "## Training",
+        "",
+        f"- data: `{data if data is not None else config.data.root}`",
+        f"- epochs: {epochs}; clips of {config.data.clip_len} frames, batch {config.train.batch_size}, "
+        f"lr {config.train.lr:g}, seed {config.train.seed}",
+        f"- the whole configuration is in `{CONFIG_NAME}` under `config`",
+        "",
+        "## Metrics",
+        "",
+    ]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {_format_number(value)} |" for key, value in flatten_tree(metrics, "/").items()]
+    else:
+        lines.append("No evaluation was recorded with this model.")
+    lines += [
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "import torch",
+        "from mvformer.data.video import read_video",
+        "from mvformer.evaluation.embed import prepare_frames",
+        "from mvformer.model import MVFormer",
+        "",
+        'model = MVFormer.from_pretrained("path/to/this/folder")  # eval mode, on the CPU',
+        f'video = read_video("clip.mp4", size={config.data.image_size})  # uint8 (L, H, W, 3)',
+        'embeddings = model.embed_video(prepare_frames(video, model, torch.device("cpu")))  '
+        "# (L, E), L2-normalised",
+        "```",
+        "",
+        "Loading reads JSON and safetensors only (no pickle).",
+        "",
+        "## Backbone weights",
+        "",
+        _backbone_note(config),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def save_pretrained(model: MVFormer, directory: str | Path, metrics: dict | None = None, data: str | None = None,
+                    overwrite: bool = False, trained_epochs: int | None = None) -> Path:
+    """Write `model` as DIR/config.json, DIR/model.safetensors (trainable weights) and DIR/README.md.
+
+    `metrics` (e.g. `evaluate_model`'s result) go into the card and config.json; `data` describes the
+    training data (default: the config's data root). A non-empty folder that is not a previous export
+    is refused unless `overwrite`; files other than the three written are left alone.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise MVFormerError(f"{directory}: exists and is not a folder")
+    if directory.is_dir() and any(directory.iterdir()) and not _is_export(directory) and not overwrite:
+        raise MVFormerError(f"{directory}: folder is not empty and holds no mvformer export; choose another "
+                            f"folder or allow overwriting")
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.trainable_state_dict().items()}
+    stored = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "mvformer_version": __version__,
+              "config": model.config.to_dict()}
+    if trained_epochs is not None:
+        stored["trained_epochs"] = trained_epochs
+    if metrics is not None:
+        stored["metrics"] = metrics
+    config_text = json.dumps(stored, indent=2) + "\n"  # fails before any file is touched if metrics are not JSON
+    card = model_card(model.config, metrics, data, trained_epochs)
+    metadata = {"format": "pt", "mvformer_format_version": str(FORMAT_VERSION)}
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    _write_atomic(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
+    _write_atomic(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config_text))  # last: marks a whole export
+    return directory
+
+
+def _read_stored_config(path: Path) -> Config:
+    if not path.is_file():
+        raise MVFormerError(f"{path}: not found; is {path.parent} a folder written by save_pretrained?")
+    try:
+        stored = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MVFormerError(f"{path}: not valid JSON ({str(error).splitlines()[0]})") from None
+    is_export = isinstance(stored, dict) and stored.get("format") == FORMAT_NAME
+    if not is_export or not isinstance(stored.get("config"), dict):
+        raise MVFormerError(f"{path}: not an mvformer export (no '{FORMAT_NAME}' format and config)")
+    version = stored.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise MVFormerError(f"{path}: 'format_version' must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise MVFormerError(f"{path}: written in format version {version} by mvformer "
+                            f"{stored.get('mvformer_version', '?')}; this mvformer ({__version__}) reads up to "
+                            f"version {FORMAT_VERSION}, upgrade it")
+    return config_from_dict(stored["config"], str(path))
+
+
+def _check_weights_fit(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Name the first missing, unexpected or misshapen tensor instead of torch's multi-line report."""
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        raise MVFormerError(f"{path}: weights do not fit the model in {CONFIG_NAME} ({len(missing)} missing, "
+                            f"e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")
+    for key, value in expected.items():
+        if state[key].shape != value.shape:
+            raise MVFormerError(f"{path}: weights do not fit the model in {CONFIG_NAME} ('{key}' has shape "
+                                f"{tuple(state[key].shape)}, the config builds {tuple(value.shape)})")
+
+
+def load_pretrained(directory: str | Path, backbone=None) -> MVFormer:
+    """A model written by `save_pretrained`, in eval mode on the CPU; the backbone is rebuilt from the
+    config unless one is passed. Reads JSON and safetensors only: no pickle."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MVFormerError(f"{directory}: no such folder (expected one written by save_pretrained)")
+    config = _read_stored_config(directory / CONFIG_NAME)
+    weights_path = directory / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise MVFormerError(f"{weights_path}: not found; the export is incomplete")
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise MVFormerError(f"{weights_path}: not a readable safetensors file, truncated or corrupt ({reason})") \
+            from None
+    model = MVFormer(config, backbone)
+    _check_weights_fit(weights_path, state, model.trainable_state_dict())
+    try:
+        model.load_trainable_state_dict(state)
+    except (ValueError, RuntimeError) as error:
+        raise MVFormerError(f"{weights_path}: {str(error).splitlines()[0]}") from None
+    return model.eval()
+
+
+def _checkpoint_metrics(run_dir: Path, epoch: int) -> dict | None:
+    """The last evaluation in RUN/metrics.jsonl made at the checkpoint's epoch (a later one scored other weights)."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return None
+    try:
+        records = read_metrics(run_dir)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MVFormerError(f"{run_dir / 'metrics.jsonl'}: not valid JSON lines ({str(error).splitlines()[0]})") \
+            from None
+    evaluations = [r["eval"] for r in records
+                   if isinstance(r, dict) and r.get("epoch") == epoch and isinstance(r.get("eval"), dict)]
+    return evaluations[-1] if evaluations else None
+
+
+def export_checkpoint(run_or_checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """`mvformer export`: a training checkpoint (or a run folder holding one) -> a save_pretrained folder,
+    with the run's evaluation at the checkpoint's epoch, if any, in the model card."""
+    source = Path(run_or_checkpoint)
+    checkpoint = source / CHECKPOINT_NAME if source.is_dir() else source
+    state = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(checkpoint)
+    # Version 1 stored the last finished epoch; version 2 stores where to resume (epoch, step within it).
+    trained_epochs = state["epoch"] + 1 if state["version"] == 1 else state["epoch"]
+    at_epoch_end = state.get("step", 0) == 0 and trained_epochs > 0
+    metrics = _checkpoint_metrics(checkpoint.parent, trained_epochs - 1) if at_epoch_end else None
+    return save_pretrained(model, out, metrics=metrics, data=model.config.data.root, overwrite=overwrite,
+                           trained_epochs=trained_epochs)
