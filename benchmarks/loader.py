@@ -6,11 +6,13 @@ A clip is what one training step of one video needs at the Penn Action configura
 80 frames each (PROTOCOL.md sampling), as uint8 frames at 224x224.
 - straightforward: what the published code does, decode every frame of the video to RGB at its native size, index
   the clip's frames, then resize them to 224x224 (bilinear, antialiased).
-- mvformer: `TrainingClips` over a `VideoDataset` (lengths and keyframes indexed from packets up front; decoding
+- mvformer: a `VideoDataset` (lengths and keyframes indexed from packets up front) decoding the same frames: it
   starts at the keyframe before the first needed frame, stops after the last, converts only the needed frames to
-  RGB and resizes them inside the decoder).
-Both run in this process on one thread, over the same videos and the same frame draws; then mvformer's loader
-runs again through a DataLoader with worker processes (one per core), as training uses it.
+  RGB and resizes them inside the decoder.
+Both run in this process on one thread, over the same videos and the same frame draws. Then mvformer's training
+items (`TrainingClips`) run through a DataLoader with worker processes (one per core), as training uses them, and,
+for scale, the per-clip cost of PROTOCOL.md's augmentations (`augment_batch`, run on the training device, here the
+CPU on one thread).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from mvformer.backbone import IMAGENET_MEAN, IMAGENET_STD
+from mvformer.data.augment import AugmentConfig
 from mvformer.data.datasets import VideoDataset
-from mvformer.train import TrainingClips
+from mvformer.train import TrainingClips, augment_batch, collate_clips
 
 SIZE = 224
 CLIP_LEN = 80
@@ -68,26 +72,34 @@ def main() -> None:
     def views_of(index: int) -> np.ndarray:
         return clips.views(index).indices  # (2, T)
 
+    def decoded_clip(index: int) -> torch.Tensor:
+        return clips[index]["frames"]  # (2, T, SIZE, SIZE, 3) uint8
+
     check = order[0]
-    fast, slow = clips[check]["frames"].int(), straightforward_clip(videos.records[check].path, views_of(check)).int()
+    fast, slow = decoded_clip(check).int(), straightforward_clip(videos.records[check].path, views_of(check)).int()
     print(f"same frames in both forms: mean |difference| {(fast - slow).abs().float().mean():.2f} grey levels "
           f"(two resize filters), shapes {tuple(fast.shape)}")
 
     slow_rate = time_clips(lambda i: straightforward_clip(videos.records[i].path, views_of(i)), order)
-    fast_rate = time_clips(lambda i: clips[i], order)
+    fast_rate = time_clips(decoded_clip, order)
     workers = os.cpu_count() or 1
-    loader = DataLoader(torch.utils.data.Subset(clips, order), batch_size=1, num_workers=workers)
+    loader = DataLoader(torch.utils.data.Subset(clips, order), batch_size=1, num_workers=workers,
+                        collate_fn=collate_clips)
     started = time.perf_counter()
     for _ in loader:
         pass
     worker_rate = len(order) / (time.perf_counter() - started)
+    item = clips[check]
+    augment_rate = time_clips(lambda i: augment_batch(item["frames"][None], item["augment_seed"][None], SIZE,
+                                                      AugmentConfig(), IMAGENET_MEAN, IMAGENET_STD), order[:5])
 
     print(f"\n{args.clips} two-view clips of {CLIP_LEN} frames at {SIZE} px from {args.data}")
     print(f"{'form':<44} {'clips/s':>8} {'ratio':>7}")
     print(f"{'straightforward (decode all, index, resize)':<44} {slow_rate:>8.2f} {1.0:>7.1f}")
     print(f"{'mvformer, this process':<44} {fast_rate:>8.2f} {fast_rate / slow_rate:>7.1f}")
     print(f"{f'mvformer, DataLoader with {workers} workers':<44} {worker_rate:>8.2f} {worker_rate / slow_rate:>7.1f}")
-
+    print(f"\nfor scale: augmenting one clip (crop, flip, colour jitter, grayscale, blur) on one CPU thread: "
+          f"{1 / augment_rate:.2f} s")
 
 if __name__ == "__main__":
     main()

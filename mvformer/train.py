@@ -39,22 +39,19 @@ READABLE_VERSIONS = (1, 2)  # version 1 (epoch-boundary checkpoints) still loads
 
 
 class TrainingClips(Dataset):
-    """Two augmented views of each video: normalised frames (2, T, 3, S, S), steps and masks (2, T), seq_lens (2,).
+    """Two views of each video: uint8 frames (2, T, H, W, 3), steps and masks (2, T), seq_lens (2,), and the seed
+    of their augmentation (applied to whole batches on the training device by `augment_batch`).
 
     The draw of video i in epoch e (frames and augmentation) depends on (seed, e, i) only, so it is the same with
     any number of loader workers or ranks, and after a resume. A video that cannot be decoded gives
     {"skipped": reason} instead: training skips it and counts it.
     """
 
-    def __init__(self, videos: VideoDataset, clip_len: int, max_stretch: float, seed: int, image_size: int,
-                 augment: AugmentConfig | None, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, videos: VideoDataset, clip_len: int, max_stretch: float, seed: int):
         self.videos = videos
         self.clip_len = clip_len
         self.max_stretch = max_stretch
         self.seed = seed
-        self.image_size = image_size
-        self.augment = augment if augment is not None and augment.enabled else None
-        self.mean, self.std = mean, std
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -71,15 +68,22 @@ class TrainingClips(Dataset):
             frames = self.videos.frames(index, needed)[where.reshape(views.indices.shape)]  # (2, T, H, W, 3)
         except MVFormerError as error:
             return {"skipped": str(error)}
-        augment_seed = int(np.random.default_rng([self.seed, self.epoch, index, 1]).integers(2**63))
-        augmented = augment_views(torch.from_numpy(frames), torch.Generator().manual_seed(augment_seed),
-                                  self.image_size, self.augment)  # (2, T, 3, S, S)
         return {
-            "frames": normalize(augmented, self.mean, self.std),
+            "frames": torch.from_numpy(frames),
+            "augment_seed": torch.tensor(np.random.default_rng([self.seed, self.epoch, index, 1]).integers(2**63)),
             "steps": torch.from_numpy(views.steps),
             "masks": torch.from_numpy(views.masks),
             "seq_lens": torch.full((views.indices.shape[0],), views.seq_len, dtype=torch.int64),
         }
+
+
+def augment_batch(frames: torch.Tensor, seeds: torch.Tensor, out_size: int, augment: AugmentConfig,
+                  mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 frames (B, V, T, H, W, 3) on the training device -> normalised (B, V, T, 3, S, S); video b's views
+    are drawn from its own seed, so the result does not depend on how videos are batched or sharded."""
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    views = augment_views(frames.flatten(0, 1), generators, out_size, augment)  # (B * V, T, 3, S, S)
+    return normalize(views, mean, std).view(*frames.shape[:2], *views.shape[1:])
 
 
 def collate_clips(items: list[dict]) -> dict:
@@ -236,6 +240,7 @@ class _TrainStep(nn.Module):
         self.model = model
 
     def forward(self, batch: dict) -> torch.Tensor:
+        """batch["frames"] normalised (B, 2, T, 3, S, S) or cached batch["patches"], batch["cls"]."""
         masks = batch["masks"].flatten(0, 1)  # (B * 2, T)
         if "patches" in batch:  # float16 tokens read from the feature cache
             embs = self.model.embed_features(batch["patches"].flatten(0, 1).float(),
@@ -340,8 +345,7 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
         clips = CachedTrainingClips(cache, "train", config.data.clip_len, config.data.max_stretch, config.train.seed,
                                     augmented=config.data.augment.enabled)
     else:
-        clips = TrainingClips(train_set, config.data.clip_len, config.data.max_stretch, config.train.seed,
-                              config.data.image_size, config.data.augment, model.backbone.mean, model.backbone.std)
+        clips = TrainingClips(train_set, config.data.clip_len, config.data.max_stretch, config.train.seed)
     step_module = _TrainStep(model)
     if ranks.distributed:
         step_module = DistributedDataParallel(step_module, find_unused_parameters=config.model.zero_visual_input)
@@ -375,6 +379,9 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
             if any_rank(not batch, device):  # a rank has nothing left of its share: the step is skipped
                 continue
             batch = {key: value.to(device) for key, value in batch.items()}
+            if "frames" in batch:
+                batch["frames"] = augment_batch(batch.pop("frames"), batch.pop("augment_seed"), config.data.image_size,
+                                                config.data.augment, model.backbone.mean, model.backbone.std)
             with autocast:
                 embs = step_module(batch).float()  # (b, 2, T, E)
             loss = sequence_contrastive_loss(embs, batch["steps"], batch["seq_lens"], batch["masks"],

@@ -8,13 +8,14 @@ import torch
 
 import mvformer.train
 from mvformer.config import load_config
+from mvformer.data.augment import AugmentConfig
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.synthetic import generate_pouring_dataset
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.embed import embed_dataset
 from mvformer.evaluation.metrics import kendalls_tau
 from mvformer.model import MVFormer
-from mvformer.train import TrainingClips, epoch_batches, learning_rate_factor, load_checkpoint, model_from_checkpoint, read_metrics, train
+from mvformer.train import TrainingClips, augment_batch, epoch_batches, learning_rate_factor, load_checkpoint, model_from_checkpoint, read_metrics, train
 
 
 @pytest.fixture(scope="module")
@@ -124,19 +125,31 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(pouring_root, splits, t
 def test_clip_draws_depend_on_seed_epoch_and_index_only(splits):
     train_set, _ = splits
     def clips_of(seed):
-        return TrainingClips(train_set, clip_len=16, max_stretch=1.5, seed=seed, image_size=64, augment=None,
-                             mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        return TrainingClips(train_set, clip_len=16, max_stretch=1.5, seed=seed)
 
     clips = clips_of(0)
     first = clips[3]
     again = clips_of(0)[3]
-    assert torch.equal(first["steps"], again["steps"]) and torch.equal(first["frames"], again["frames"])
-    assert first["frames"].shape == (2, 16, 3, 64, 64) and first["frames"].dtype == torch.float32
+    for key in ("steps", "frames", "augment_seed"):
+        assert torch.equal(first[key], again[key]), key
+    assert first["frames"].shape == (2, 16, 64, 64, 3) and first["frames"].dtype == torch.uint8
     assert not torch.equal(clips_of(1)[3]["steps"], first["steps"])
     clips.epoch = 1
     assert not torch.equal(clips[3]["steps"], first["steps"])
     expected = train_set.frames(3)[first["steps"].numpy()]  # (2, 16, 64, 64, 3) uint8
-    np.testing.assert_allclose(first["frames"].permute(0, 1, 3, 4, 2).numpy() * 255, expected, atol=1e-3)
+    np.testing.assert_array_equal(first["frames"].numpy(), expected)
+
+
+def test_a_videos_augmentation_does_not_depend_on_its_batch(splits):
+    frames = torch.from_numpy(np.stack([splits[0].frames(i, np.arange(8)) for i in range(3)]))  # (3, 8, 64, 64, 3)
+    frames = frames[:, None].expand(3, 2, 8, 64, 64, 3)  # two views each
+    seeds = torch.tensor([11, 12, 13])
+    config = AugmentConfig()
+    whole = augment_batch(frames, seeds, 32, config, (0.5,) * 3, (0.25,) * 3)  # (3, 2, 8, 3, 32, 32)
+    assert whole.shape == (3, 2, 8, 3, 32, 32)
+    alone = augment_batch(frames[1:2], seeds[1:2], 32, config, (0.5,) * 3, (0.25,) * 3)
+    torch.testing.assert_close(alone[0], whole[1])
+    assert not torch.allclose(whole[0, 0], whole[0, 1])  # the two views of a video differ
 
 
 def test_epoch_batches_cover_each_video_once_and_depend_on_the_epoch():

@@ -57,7 +57,7 @@ class AugmentConfig:
 
 def augment_views(
     frames: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
     out_size: int,
     params: AugmentConfig | None = None,
 ) -> torch.Tensor:
@@ -65,6 +65,8 @@ def augment_views(
 
     With `params` enabled: random resized crop + horizontal flip, colour jitter (fixed order:
     brightness, contrast, saturation, hue), grayscale and Gaussian blur, one draw per view.
+    A sequence of G generators splits the views into G equal consecutive groups, each drawn from its
+    own generator (one per video of a batch, so that a video's draw does not depend on its batch).
     With `params` None or disabled: centre square crop of the short side resized to out_size.
     Mean/std normalisation is left to the caller (see `normalize`).
     """
@@ -80,8 +82,11 @@ def augment_views(
         no_flip = torch.zeros(num_views, dtype=torch.bool, device=frames.device)
         return _crop_resize(images, *_centre_box(height, width, side, side), flip=no_flip, out_size=out_size)
 
-    draws = _draw_view_params(num_views, height, width, generator, params)
-    draws = {name: value.to(frames.device) for name, value in draws.items()}
+    generators = [generator] if isinstance(generator, torch.Generator) or generator is None else list(generator)
+    if not generators or num_views % len(generators):
+        raise MVFormerError(f"{num_views} views cannot be split evenly over {len(generators)} generators")
+    groups = [_draw_view_params(num_views // len(generators), height, width, group, params) for group in generators]
+    draws = {name: torch.cat([group[name] for group in groups]).to(frames.device) for name in groups[0]}
     crop_box = (draws["crop_top"], draws["crop_left"], draws["crop_height"], draws["crop_width"])
     views = _crop_resize(images, *crop_box, flip=draws["flip"], out_size=out_size)  # (V, T, 3, S, S)
     views = _color_jitter(views, draws)
