@@ -38,6 +38,7 @@ from mvformer.evaluation.embed import prepare_frames
 from mvformer.evaluation.metrics import progression_targets
 from mvformer.model import MVFormer
 from mvformer.pooling import SpatialTokenPooling
+from mvformer.pretrained import is_export
 from mvformer.progress import progress_bar
 from mvformer.train import model_from_checkpoint, resolve_device
 
@@ -204,9 +205,10 @@ def display_frames(path: Path, indices: np.ndarray, height: int) -> np.ndarray:
 
 
 def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[MVFormer, torch.device]:
-    """A trained model (run folder or checkpoint.pt) in eval mode on `device` (auto | cpu | cuda)."""
+    """A trained model (run folder, checkpoint.pt or `mvformer export` folder) in eval mode on `device`."""
     torch_device = resolve_device(device)
-    return model_from_checkpoint(checkpoint).to(torch_device).eval(), torch_device
+    model = MVFormer.from_pretrained(checkpoint) if is_export(Path(checkpoint)) else model_from_checkpoint(checkpoint)
+    return model.to(torch_device).eval(), torch_device
 
 
 def _decode_size(model: MVFormer, frames: str) -> int | None:

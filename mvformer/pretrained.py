@@ -40,7 +40,7 @@ def _write_atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _is_export(directory: Path) -> bool:
+def is_export(directory: Path) -> bool:
     """Whether `directory` holds a config.json written by `save_pretrained`."""
     try:
         stored = json.loads((directory / CONFIG_NAME).read_text())
@@ -149,7 +149,7 @@ def save_pretrained(model: MVFormer, directory: str | Path, metrics: dict | None
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise MVFormerError(f"{directory}: exists and is not a folder")
-    if directory.is_dir() and any(directory.iterdir()) and not _is_export(directory) and not overwrite:
+    if directory.is_dir() and any(directory.iterdir()) and not is_export(directory) and not overwrite:
         raise MVFormerError(f"{directory}: folder is not empty and holds no mvformer export; choose another "
                             f"folder or allow overwriting")
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.trainable_state_dict().items()}
@@ -176,8 +176,8 @@ def _read_stored_config(path: Path) -> Config:
         stored = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise MVFormerError(f"{path}: not valid JSON ({str(error).splitlines()[0]})") from None
-    is_export = isinstance(stored, dict) and stored.get("format") == FORMAT_NAME
-    if not is_export or not isinstance(stored.get("config"), dict):
+    exported = isinstance(stored, dict) and stored.get("format") == FORMAT_NAME
+    if not exported or not isinstance(stored.get("config"), dict):
         raise MVFormerError(f"{path}: not an mvformer export (no '{FORMAT_NAME}' format and config)")
     version = stored.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:

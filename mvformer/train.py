@@ -284,6 +284,34 @@ def _check_finite_weights(model: MVFormer, where: str) -> None:
         raise MVFormerError(f"{where}: the weights hold NaN or Inf; not writing a checkpoint over the last good one")
 
 
+def _step(model: MVFormer, step_module: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, config: Config,
+          device: torch.device, ranks: Ranks, autocast: torch.autocast) -> tuple[float, bool]:
+    """One optimisation step on this rank's share of a global batch (`step_module`: `model` as DDP sees it);
+    returns the global batch's loss and whether it was finite (a step with a NaN/Inf loss or gradient norm changes
+    nothing, on every rank)."""
+    batch = {key: value.to(device) for key, value in batch.items()}
+    if "frames" in batch:
+        batch["frames"] = augment_batch(batch.pop("frames"), batch.pop("augment_seed"), config.data.image_size,
+                                        config.data.augment, model.backbone.mean, model.backbone.std)
+    with autocast:
+        embs = step_module(batch).float()  # (b, 2, T, E)
+    loss = sequence_contrastive_loss(embs, batch["steps"], batch["seq_lens"], batch["masks"],
+                                     config.loss.temperature, config.loss.variance)
+    # Every rank's loss is weighted by its share of the global batch's valid frames, so DDP's gradient average
+    # equals the gradient of the loss over the whole global batch.
+    valid = batch["masks"].sum()
+    all_valid = sum_over_ranks(valid)
+    optimizer.zero_grad(set_to_none=True)
+    (loss * valid / all_valid * ranks.world_size).backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+    global_loss = float(sum_over_ranks((loss * valid).detach()) / all_valid)
+    if any_rank(not (math.isfinite(global_loss) and torch.isfinite(grad_norm)), device):
+        optimizer.zero_grad(set_to_none=True)
+        return global_loss, False
+    optimizer.step()
+    return global_loss, True
+
+
 def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoDataset | None = None,
           resume: bool = False, backbone=None) -> TrainResult:
     """Train `config` end to end; datasets and backbone may be passed in to share them between runs.
@@ -362,7 +390,8 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
             epoch_losses = []
         batches = epoch_batches(len(train_set), config.train.batch_size, config.train.seed, epoch)
         local = batches[first_step:, ranks.rank * per_rank:(ranks.rank + 1) * per_rank]  # (steps, per_rank)
-        loader = DataLoader(clips, batch_sampler=local.tolist(), num_workers=config.data.num_workers,
+        # Cached tokens are read from memory maps in this process: passing them through workers costs more.
+        loader = DataLoader(clips, batch_sampler=local.tolist(), num_workers=0 if cache is not None else config.data.num_workers,
                             collate_fn=collate_clips, generator=torch.Generator())  # not the global RNG
         lr = config.train.lr * learning_rate_factor(epoch, epochs, config.train.warmup_epochs)
         for group in optimizer.param_groups:
@@ -377,35 +406,19 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
                     warned.add(reason)
                     print(f"mvformer: skipping unreadable video: {reason}", file=sys.stderr)
             if any_rank(not batch, device):  # a rank has nothing left of its share: the step is skipped
+                bar.update()
                 continue
-            batch = {key: value.to(device) for key, value in batch.items()}
-            if "frames" in batch:
-                batch["frames"] = augment_batch(batch.pop("frames"), batch.pop("augment_seed"), config.data.image_size,
-                                                config.data.augment, model.backbone.mean, model.backbone.std)
-            with autocast:
-                embs = step_module(batch).float()  # (b, 2, T, E)
-            loss = sequence_contrastive_loss(embs, batch["steps"], batch["seq_lens"], batch["masks"],
-                                             config.loss.temperature, config.loss.variance)
-            # Every rank's loss is weighted by its share of valid frames, so DDP's gradient average equals the
-            # gradient of the loss over the whole global batch.
-            valid = batch["masks"].sum()
-            all_valid = sum_over_ranks(valid)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * valid / all_valid * ranks.world_size).backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-            global_loss = float(sum_over_ranks((loss * valid).detach()) / all_valid)
-            if any_rank(not (math.isfinite(global_loss) and torch.isfinite(grad_norm)), device):
+            global_loss, finite = _step(model, step_module, optimizer, batch, config, device, ranks, autocast)
+            if finite:
+                consecutive_nonfinite = 0
+                epoch_losses.append(global_loss)
+            else:
                 counters["nonfinite_steps"] += 1
                 consecutive_nonfinite += 1
                 if consecutive_nonfinite >= config.train.max_nonfinite_steps:
                     raise MVFormerError(f"epoch {epoch} step {step}: loss or gradient not finite for "
                                         f"{consecutive_nonfinite} consecutive steps; stopping ({checkpoint_path} "
                                         f"holds the last good weights)")
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                consecutive_nonfinite = 0
-                optimizer.step()
-                epoch_losses.append(global_loss)
             clip_count += config.train.batch_size
             if every_steps and (step + 1) % every_steps == 0 and step + 1 < steps_per_epoch:
                 _check_finite_weights(model, f"epoch {epoch} step {step}")

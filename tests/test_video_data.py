@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from mvformer.data.datasets import VideoDataset, VideoRecord
-from mvformer.data.video import count_frames, read_video, write_video
+from mvformer.config import load_config
+from mvformer.data.video import count_frames, index_video, read_video, write_video
 from mvformer.errors import MVFormerError
+from mvformer.train import read_metrics, train
 
 PUSHUPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pushups"
 
@@ -275,3 +277,44 @@ def test_real_pushups_videos_match_their_labels(tmp_path):
         assert set(record.labels.tolist()) <= {0, 1}
     first = dataset.records[0]
     assert np.array_equal(read_video(first.path, size=64, indices=[0, 5]), dataset.frames(0, [0, 5]))
+
+
+@pytest.mark.skipif(not PUSHUPS.is_dir(), reason="shared pushups dataset not present")
+def test_real_pushups_are_indexed_from_packets_exactly():
+    """All 196 real videos: the packet index (no decoding) gives the manifest's decoded frame counts."""
+    with (PUSHUPS / "MANIFEST.csv").open() as file:
+        manifest = {row["name"]: int(row["frames"]) for row in csv.DictReader(file)}
+    counts = {path.stem: index_video(path).num_frames for path in sorted((PUSHUPS / "videos").glob("*.mp4"))}
+    assert counts == manifest and len(counts) == 196
+
+
+@pytest.mark.skipif(not PUSHUPS.is_dir(), reason="shared pushups dataset not present")
+def test_a_short_self_supervised_run_on_real_pushups_finishes_and_scores(tmp_path):
+    root = tmp_path / "pushups"
+    (root / "splits").mkdir(parents=True)
+    for split, count in (("train", 6), ("val", 4)):
+        names = (PUSHUPS / "splits" / f"{split}.txt").read_text().split()[:count]
+        (root / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    for entry in ("videos", "labels", "classes.txt"):
+        (root / entry).symlink_to(PUSHUPS / entry)
+    config = load_config("demo", [f"data.root={root}", f"train.output_dir={tmp_path / 'run'}", "train.epochs=2",
+                                  "train.batch_size=2", "data.clip_len=16", "data.preload=false"])
+    result = train(config)
+    metrics = result.final_metrics
+    assert set(metrics) == {"classification", "progression", "kendalls_tau", "retrieval"}
+    assert 0.0 <= metrics["classification"]["1.0"] <= 1.0 and -1.0 <= metrics["kendalls_tau"] <= 1.0
+    assert np.isfinite([r["loss"] for r in read_metrics(result.run_dir) if "loss" in r]).all()
+
+
+def test_seeking_to_the_keyframe_before_a_clip_gives_the_same_frames_as_decoding_from_the_start(tmp_path):
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, size=(60, 4, 6, 3), dtype=np.uint8)
+    frames = np.repeat(np.repeat(blocks, 8, axis=1), 8, axis=2)  # (60, 32, 48, 3), each frame distinct
+    path = tmp_path / "keyframes.mp4"
+    write_video(path, frames, keyframe_interval=7)
+    index = index_video(path)
+    assert index.num_frames == 60 and len(index.keyframe_frames) >= 8  # seeking has somewhere to go
+    whole = read_video(path)
+    for trial in range(20):
+        indices = np.sort(rng.choice(60, size=int(rng.integers(1, 10)), replace=True))
+        assert np.array_equal(read_video(path, indices=indices, index=index), whole[indices]), indices
