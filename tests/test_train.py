@@ -225,3 +225,22 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_clear_error(pouri
     with pytest.raises(MVFormerError, match="checkpoint.pt: ") as error:
         model_from_checkpoint(path)
     assert "\n" not in str(error.value)
+
+
+def test_training_reads_a_matching_feature_cache_and_says_so(pouring_root, splits, tmp_path, capsys):
+    from mvformer.features import cache_features
+    train_set, val_set = splits
+    settings = {"data.augment.enabled": "false", "train.lr": 0.0}  # frozen weights: every step sees the same model
+    plain = vision_only_config(pouring_root, tmp_path / "plain", epochs=2, **settings)
+    cached = vision_only_config(pouring_root, tmp_path / "cached", epochs=2,
+                                **settings, **{"data.feature_cache": tmp_path / "cache"})
+    cache_features(cached, note=lambda line: None)
+    train(plain, train_set, val_set)
+    assert "feature cache" not in capsys.readouterr().err
+    train(cached, train_set, val_set)
+    assert f"using feature cache at {tmp_path / 'cache'}" in capsys.readouterr().err
+    plain_losses, cached_losses = ([r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r]
+                                   for name in ("plain", "cached"))
+    # The same clips through the same model: only the tokens' float16 rounding differs (other clips would not
+    # give the same mean loss to 1e-4).
+    np.testing.assert_allclose(cached_losses, plain_losses, rtol=1e-4)
