@@ -26,8 +26,8 @@ from transformers import ViTConfig, ViTModel
 
 from mvformer.config import load_config
 from mvformer.data.datasets import VideoDataset
-from mvformer.features import cache_features
-from mvformer.train import train
+from mvformer.features.build import cache_features
+from mvformer.train.loop import train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pushups"
 SMALL_VIT = dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536,

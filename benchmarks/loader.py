@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from mvformer.backbone import IMAGENET_MEAN, IMAGENET_STD
-from mvformer.data.augment import AugmentConfig
+from mvformer.model.backbone import IMAGENET_MEAN, IMAGENET_STD
+from mvformer.config import AugmentConfig
 from mvformer.data.datasets import VideoDataset
-from mvformer.train import TrainingClips, augment_batch, collate_clips
+from mvformer.train.clips import TrainingClips, augment_batch, collate_clips
 
 SIZE = 224
 CLIP_LEN = 80

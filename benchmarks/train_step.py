@@ -44,11 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvformer.backbone import FrozenBackbone
+from mvformer.model.backbone import FrozenBackbone
 from mvformer.config import load_config
-from mvformer.losses import sequence_contrastive_loss
-from mvformer.model import MVFormer
-from mvformer.temporal import sinusoidal_time_encoding
+from mvformer.losses.scl import sequence_contrastive_loss
+from mvformer.model.mvformer import MVFormer, build_model
+from mvformer.model.temporal import sinusoidal_time_encoding
 
 SHAPES = {  # name: (patches per frame P, patch channels C, CLS channels)
     "ViT-B/8": (784, 2304, 768),
@@ -81,7 +81,7 @@ class FeatureStub(FrozenBackbone):
         raise RuntimeError("the benchmark passes backbone features, never frames")
 
 
-def build_model(shape: str, overrides: tuple[str, ...] = ()) -> MVFormer:
+def penn_model(shape: str, overrides: tuple[str, ...] = ()) -> MVFormer:
     """The Penn Action model (head and projection) for the feature widths of `shape`, seeded."""
     num_patches, patch_dim, cls_dim = SHAPES[shape]
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def build_model(shape: str, overrides: tuple[str, ...] = ()) -> MVFormer:
     model = config.model
     assert (model.pooling, model.token_id, model.token_reduction, model.time_encoding) == \
         ("lstp", "pooling", "first", "sinusoidal"), "straightforward_embed covers the Penn Action head only"
-    return MVFormer(config, backbone=FeatureStub(patch_dim, cls_dim, num_patches))
+    return build_model(config, FeatureStub(patch_dim, cls_dim, num_patches))
 
 
 def build_inputs(shape: str, clip_len: int) -> dict:
@@ -138,7 +138,7 @@ def _pool_video(pool: nn.Module, patches: torch.Tensor) -> torch.Tensor:
     """patches (T, P, C) -> entity tokens (T, N, D): keys and values of every patch, then attention."""
     keys = _linear(patches, pool.key)  # (T, P, D)
     values = _linear(patches, pool.value)  # (T, P, D)
-    return _softmax_attention(pool.queries, keys, values)  # (N, D) x (T, P, D) -> (T, N, D)
+    return _softmax_attention(pool.query_vectors(), keys, values)  # (N, D) x (T, P, D) -> (T, N, D)
 
 
 def _encoder_layer(layer: nn.Module, x: torch.Tensor, attend: torch.Tensor | None) -> torch.Tensor:
@@ -226,7 +226,7 @@ def train_step(form: str, model: MVFormer, optimizer: torch.optim.Optimizer, inp
 
 def check_same(shape: str, inputs: dict) -> None:
     """Both forms: same embeddings, loss and gradients (dropout 0, training mode). Exits 1 if not."""
-    model = build_model(shape, ("model.dropout=0",)).train()
+    model = penn_model(shape, ("model.dropout=0",)).train()
     params = dict((name, p) for name, p in model.named_parameters() if p.requires_grad)
     results = {}
     for form in ("fast", "straightforward"):
@@ -287,7 +287,7 @@ def peak_rss_mib() -> float:
 
 def child_memory(form: str, shape: str) -> None:
     """In a fresh process: extra peak RSS of 2 training steps of `form` over the built model and inputs."""
-    model = build_model(shape).train()
+    model = penn_model(shape).train()
     inputs = build_inputs(shape, model.config.data.clip_len)
     optimizer = make_optimizer(model)
     gc.collect()
@@ -300,7 +300,7 @@ def child_memory(form: str, shape: str) -> None:
 def child_inference() -> None:
     """In a fresh process: head-only throughput on one long ViT-S/16 video, pooled chunk by chunk."""
     shape = "ViT-S/16"
-    model = build_model(shape).eval()
+    model = penn_model(shape).eval()
     num_patches, patch_dim, cls_dim = SHAPES[shape]
     generator = torch.Generator().manual_seed(2)
     chunk_patches = torch.randn(1, INFERENCE_CHUNK, num_patches, patch_dim, generator=generator)  # (1, c, P, C)
@@ -347,7 +347,7 @@ def benchmark_shape(shape: str, memory: dict) -> None:
     """Check, time both forms here; `memory` holds the children's results, measured earlier."""
     num_patches, patch_dim, _ = SHAPES[shape]
     print(f"\n== {shape}: patches (2, 80, {num_patches}, {patch_dim}) ==")
-    model = build_model(shape).train()
+    model = penn_model(shape).train()
     inputs = build_inputs(shape, model.config.data.clip_len)
     check_same(shape, inputs)
 

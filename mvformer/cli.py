@@ -17,7 +17,7 @@ def _cmd_demo(args) -> None:
 
 def _cmd_train(args) -> None:
     from mvformer.config import load_config
-    from mvformer.train import train
+    from mvformer.train.loop import train
     config = load_config(args.config, args.set)
     result = train(config, resume=args.resume)
     print(f"checkpoint and metrics in {result.run_dir}")
@@ -35,8 +35,7 @@ def _cmd_evaluate_embeddings(args) -> None:
     if args.json and not Path(args.json).parent.is_dir():
         raise MVFormerError(f"{args.json}: the folder to write it in does not exist")
     result = score_files(args.files, stride=args.stride, fractions=args.fractions, ks=args.ks, tasks=args.tasks,
-                         classifier=args.classifier, num_classes=args.num_classes,
-                         note=lambda line: print(line, file=sys.stderr))
+                         classifier=args.classifier, num_classes=args.num_classes)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -44,39 +43,39 @@ def _cmd_evaluate_embeddings(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from mvformer.pretrained import export_checkpoint
+    from mvformer.checkpoint import export_checkpoint
     out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote config.json, model.safetensors and README.md in {out}")
 
 
 def _cmd_cache_features(args) -> None:
     from mvformer.config import load_config
-    from mvformer.features import cache_features
+    from mvformer.features.build import cache_features
     cache_features(load_config(args.config, args.set), out_dir=args.out, copies=args.copies)
 
 
 def _cmd_prepare(args) -> None:
-    from mvformer.data.formats import prepare
-    dest = prepare(args.format, args.src, args.dest, subset=args.subset, note=lambda line: print(line, file=sys.stderr))
+    from mvformer.data.formats.prepare import prepare
+    dest = prepare(args.format, args.src, args.dest, subset=args.subset)
     print(f"generic layout in {dest}")
 
 
 def _cmd_embed(args) -> None:
-    from mvformer.apps import embed_videos
+    from mvformer.apps.embed import embed_videos
     written = embed_videos(args.checkpoint, args.videos, args.out, overwrite=args.overwrite, device=args.device,
                            frames=args.frames)
     print(f"wrote {len(written)} embedding files (.npy, frames x D, each with a .json) in {args.out}")
 
 
 def _cmd_align(args) -> None:
-    from mvformer.apps import align_outputs, align_videos
+    from mvformer.apps.align import align_outputs, align_videos
     align_videos(args.checkpoint, args.reference, args.videos, args.out, method=args.method, overwrite=args.overwrite,
                  device=args.device, frames=args.frames, height=args.height, fps=args.fps)
     print("wrote " + ", ".join(map(str, align_outputs(Path(args.out)))))
 
 
 def _cmd_retrieve(args) -> None:
-    from mvformer.apps import parse_frame_reference, retrieve_frames
+    from mvformer.apps.retrieve import parse_frame_reference, retrieve_frames
     video, frame = parse_frame_reference(args.query)
     matches = retrieve_frames(args.checkpoint, video, frame, args.gallery, args.out, k=args.k,
                               skip_query_video=args.other_videos, overwrite=args.overwrite, device=args.device,
@@ -87,14 +86,14 @@ def _cmd_retrieve(args) -> None:
 
 
 def _cmd_attention(args) -> None:
-    from mvformer.apps import attention_outputs, attention_video
+    from mvformer.apps.attention import attention_outputs, attention_video
     attention_video(args.checkpoint, args.video, args.out, overwrite=args.overwrite, device=args.device,
                     frames=args.frames, every=args.every, animation=args.format)
     print("wrote " + ", ".join(map(str, attention_outputs(Path(args.out), args.format))))
 
 
 def _cmd_progress(args) -> None:
-    from mvformer.apps import progress_against_reference
+    from mvformer.apps.progress import progress_against_reference
     result = progress_against_reference(args.checkpoint, args.reference, args.video, args.out, split=args.split,
                                         overwrite=args.overwrite, device=args.device, frames=args.frames)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.csv')} (regressor R^2 on the reference frames "
@@ -105,6 +104,12 @@ def _cmd_synthetic(args) -> None:
     from mvformer.data.synthetic import generate_pouring_dataset
     root = generate_pouring_dataset(args.dest, num_train=args.train, num_val=args.val, seed=args.seed, size=args.size)
     print(f"wrote synthetic pouring videos in {root}")
+
+
+def _cmd_convert_backbone(args) -> None:
+    from mvformer.model.weights import convert_backbone
+    summary = convert_backbone(args.file, args.out_dir, num_heads=args.num_heads, overwrite=args.overwrite)
+    print(f"wrote config.json and model.safetensors in {args.out_dir} ({summary}); set backbone.path to that folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--val", type=int, default=24)
     synthetic.add_argument("--size", type=int, default=64)
     synthetic.add_argument("--seed", type=int, default=0)
+
+    convert = add("convert-backbone", _cmd_convert_backbone, "write an original DINO / timm ViT or torchvision "
+                  "ResNet weights file (.pth, .safetensors) as a transformers save_pretrained folder")
+    convert.add_argument("file", metavar="FILE", help="e.g. dino_vitbase8_pretrain.pth or a DINO training checkpoint")
+    convert.add_argument("out_dir", metavar="OUT_DIR", help="folder for config.json and model.safetensors")
+    convert.add_argument("--num-heads", type=int, metavar="H",
+                         help="ViT attention heads (default: from the width; 384 -> 6, 768 -> 12)")
+    convert.add_argument("--overwrite", action="store_true", help="replace a model already in OUT_DIR")
     return parser
 
 

@@ -10,22 +10,76 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
-from mvformer.data.augment import AugmentConfig
 from mvformer.errors import MVFormerError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+# The named choices of the config. Each registry that implements one (backbones, poolers, dataset formats, ...)
+# checks at import that it implements exactly these names (`check_registry`), so the two cannot drift apart.
+BackboneName = Literal["vit", "dinov2", "tiny", "patches", "resnet50"]
+PoolingName = Literal["lstp", "cls", "max", "avg", "fixed_width"]
+TokenId = Literal["pooling", "encoder", "none"]
+TimeEncoding = Literal["sinusoidal", "none"]
+TokenReduction = Literal["first", "mean", "max", "linear"]
+DataFormat = Literal["generic", "penn_action", "pouring", "finegym", "kinetics400"]
+Precision = Literal["fp32", "bf16"]
+Device = Literal["auto", "cpu", "cuda"]
+Classifier = Literal["logistic", "sgd-linear"]
+
+
+def check_registry(choices, registry) -> None:
+    """Fail at import when a registry's names differ from the config's choices for it."""
+    names = set(typing.get_args(choices))
+    if set(registry) != names:
+        raise RuntimeError(f"registry {sorted(registry)} does not implement exactly the config's choices {sorted(names)}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and strengths of the training augmentation; `enabled=False` means evaluation."""
+
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.8
+    contrast: float = 0.8
+    saturation: float = 0.8
+    hue: float = 0.2
+    grayscale_p: float = 0.2
+    blur_p: float = 0.4
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise MVFormerError(f"augment {name} must be a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise MVFormerError(f"augment {name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise MVFormerError(f"augment hue must be in [0, 0.5], got {self.hue}")
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise MVFormerError(f"augment {name} must be (low, high) with 0 < low <= high, got {(low, high)}")
+        if self.crop_scale[1] > 1:
+            raise MVFormerError(f"augment crop_scale cannot exceed 1, got {self.crop_scale}")
+
 
 
 @dataclass
 class BackboneConfig:
     """The frozen image backbone."""
 
-    name: str = "vit"  # vit (DINO) | dinov2 | tiny (random, tests) | patches (raw pixels, demo)
-    path: str | None = None  # local save_pretrained folder for vit / dinov2
-    blocks: list[int] = field(default_factory=lambda: [11])  # 0-based blocks whose patch tokens are concatenated
+    name: BackboneName = "vit"  # vit (DINO) | dinov2 | resnet50 | tiny (random, tests) | patches (raw pixels, demo)
+    path: str | None = None  # save_pretrained folder, or for vit / resnet50 a DINO/timm/torchvision .pth/.safetensors
+    blocks: list[int] = field(default_factory=lambda: [11])  # 0-based blocks (ResNet: stages 0..3) concatenated
     chunk_size: int = 64  # frames per backbone forward
 
 
@@ -33,18 +87,18 @@ class BackboneConfig:
 class ModelConfig:
     """The head on top of the frozen backbone (PROTOCOL.md, Penn Action configuration by default)."""
 
-    pooling: str = "lstp"  # lstp | cls | max | avg | fixed_width
+    pooling: PoolingName = "lstp"
     num_tokens: int = 3
     pool_dim: int = 384
-    token_id: str = "pooling"  # where a one-hot token id is appended: pooling | encoder | none
+    token_id: TokenId = "pooling"  # where a one-hot token id is appended
     fc_layers: list[int] = field(default_factory=lambda: [512, 512])
     dropout: float = 0.1
     hidden_size: int = 256
-    time_encoding: str = "sinusoidal"  # sinusoidal | none
+    time_encoding: TimeEncoding = "sinusoidal"
     num_layers: int = 3
     num_heads: int = 8
     ff_dim: int = 1024
-    token_reduction: str = "first"  # first | mean | max | linear
+    token_reduction: TokenReduction = "first"
     embedding_size: int = 128
     projection_size: int = 128
     zero_visual_input: bool = False  # control: the head sees only the time encoding
@@ -60,7 +114,7 @@ class DataConfig:
     max_stretch: float = 1.5  # views span ceil(r * L) frames, r ~ U(1, max_stretch)
     preload: bool = False  # decode every video once into memory (small datasets)
     num_workers: int = 0  # decoding and augmentation processes per training process
-    format: str = "generic"  # dataset layout: generic or a benchmark format (mvformer.data.formats)
+    format: DataFormat = "generic"  # dataset layout: generic or a benchmark format (mvformer.data.formats)
     subset: str | None = None  # Penn Action action name, or FineGym "99" / "288"
     feature_cache: str = "auto"  # auto (use a matching cache in the default place) | none | a folder
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -84,9 +138,9 @@ class TrainConfig:
     weight_decay: float = 1e-5
     warmup_epochs: int = 1
     grad_clip: float = 10.0
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: Precision = "fp32"  # bf16: autocast
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"
     eval_every: int = 50  # epochs; evaluation always runs after the last epoch too
     checkpoint_every: int = 10  # epochs; a checkpoint is always written after the last epoch too
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every this many steps (0 = only per epoch)
@@ -101,7 +155,7 @@ class EvalConfig:
     stride: int = 2  # tau and AP@K use every stride-th frame
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0])
     ks: list[int] = field(default_factory=lambda: [5, 10, 15])
-    classifier: str = "logistic"  # phase-classification probe: logistic | sgd-linear (FineGym)
+    classifier: Classifier = "logistic"  # phase-classification probe (sgd-linear: FineGym)
 
 
 @dataclass
@@ -129,17 +183,6 @@ def _plain(value):
     return value
 
 
-CHOICES = {
-    "backbone.name": ("vit", "dinov2", "tiny", "patches"),
-    "model.pooling": ("lstp", "cls", "max", "avg", "fixed_width"),
-    "model.token_id": ("pooling", "encoder", "none"),
-    "model.time_encoding": ("sinusoidal", "none"),
-    "model.token_reduction": ("first", "mean", "max", "linear"),
-    "train.precision": ("fp32", "bf16"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "eval.classifier": ("logistic", "sgd-linear"),
-    "data.format": ("generic", "penn_action", "pouring", "finegym", "kinetics400"),  # mvformer.data.formats
-}
 POSITIVE = (
     "backbone.chunk_size", "model.num_tokens", "model.pool_dim", "model.hidden_size", "model.num_heads",
     "model.ff_dim", "model.embedding_size", "model.projection_size", "data.image_size", "data.clip_len",
@@ -152,6 +195,11 @@ POSITIVE = (
 def _convert(value, annotation, key: str, source: str):
     """Check `value` against a type annotation; ints are accepted where floats are expected."""
     origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed or isinstance(value, bool):
+            raise MVFormerError(f"{source}: '{key}' is {value!r}; choose one of {', '.join(map(str, allowed))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(annotation):
             return None
@@ -202,9 +250,6 @@ def _build(cls, data: dict, source: str, prefix: str = ""):
 
 def _validate(config: Config, source: str) -> None:
     flat = flatten_tree(config.to_dict())
-    for key, allowed in CHOICES.items():
-        if flat[key] not in allowed:
-            raise MVFormerError(f"{source}: '{key}' is {flat[key]!r}; choose one of {', '.join(allowed)}")
     for key in POSITIVE:
         if flat[key] <= 0:
             raise MVFormerError(f"{source}: '{key}' must be positive, got {flat[key]}")

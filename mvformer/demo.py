@@ -11,16 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mvformer.apps import write_demo_pictures
-from mvformer.backbone import build_backbone
+from mvformer.apps.pictures import write_demo_pictures
+from mvformer.checkpoint import read_metrics
 from mvformer.config import Config, apply_overrides, config_from_dict, load_config
-from mvformer.data.datasets import VideoDataset
+from mvformer.data.datasets import VideoDataset, has_generic_split
 from mvformer.data.synthetic import generate_pouring_dataset
 from mvformer.evaluation.embed import evaluate_model
-from mvformer.model import MVFormer
-from mvformer.train import read_metrics, resolve_device, seed_everything, train
+from mvformer.model.backbone import build_backbone
+from mvformer.model.mvformer import build_model
+from mvformer.runtime import resolve_device, seed_everything
+from mvformer.train.loop import train
 from mvformer.viz import plot_training_curves
 
 
@@ -61,7 +62,7 @@ def run_variant(variant: Variant, base: Config, seed: int, run_dir: Path, train_
     if not variant.trained:
         seed_everything(seed)
         device = resolve_device(config.train.device)
-        model = MVFormer(config, backbone).to(device).eval()
+        model = build_model(config, backbone).to(device).eval()
         return _row(evaluate_model(model, train_set, val_set, config.eval, device)), []
     result = train(config, train_set, val_set, backbone=backbone)
     curve = [(r["epoch"], r["loss"]) for r in read_metrics(result.run_dir) if "loss" in r]
@@ -87,7 +88,7 @@ def run_demo(out_dir: Path, seeds: list[int], config_overrides: list[str] = (), 
     base = load_config("demo", [f"data.root={out_dir / 'data'}", *config_overrides])
     data_root = Path(base.data.root)
     started = time.perf_counter()
-    if not (data_root / "splits" / "val.txt").is_file():
+    if not has_generic_split(data_root, "val"):
         log(f"generating synthetic pouring videos in {data_root} ...")
         generate_pouring_dataset(data_root, seed=0, size=base.data.image_size)
     train_set = VideoDataset(data_root, "train", size=base.data.image_size, preload=True)

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mvformer import __version__
 from mvformer.config import Config, config_from_dict, flatten_tree
 from mvformer.errors import MVFormerError
-from mvformer.model import MVFormer
-from mvformer.train import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, read_metrics
+from mvformer.files import atomic_path, write_text
+from mvformer.model.mvformer import MVFormer, build_model
 
 FORMAT_NAME = "mvformer-pretrained"
 FORMAT_VERSION = 1
@@ -28,16 +26,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 WEIGHTLESS_BACKBONES = {"tiny": "a fixed-seed random ViT", "patches": "raw pixel patches"}
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Call `write(temporary path)`, then rename over `path`: a kill never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def is_export(directory: Path) -> bool:
@@ -117,15 +105,12 @@ def model_card(config: Config, metrics: dict | None = None, data: str | None = N
         "## Loading",
         "",
         "```python",
-        "import torch",
         "from mvformer.data.video import read_video",
-        "from mvformer.evaluation.embed import prepare_frames",
-        "from mvformer.model import MVFormer",
+        "from mvformer.pretrained import load_pretrained",
         "",
-        'model = MVFormer.from_pretrained("path/to/this/folder")  # eval mode, on the CPU',
+        'model = load_pretrained("path/to/this/folder")  # eval mode, on the CPU',
         f'video = read_video("clip.mp4", size={config.data.image_size})  # uint8 (L, H, W, 3)',
-        'embeddings = model.embed_video(prepare_frames(video, model, torch.device("cpu")))  '
-        "# (L, E), L2-normalised",
+        "embeddings = model.embed_video(model.prepare(video))  # (L, E), L2-normalised",
         "```",
         "",
         "Loading reads JSON and safetensors only (no pickle).",
@@ -163,9 +148,10 @@ def save_pretrained(model: MVFormer, directory: str | Path, metrics: dict | None
     card = model_card(model.config, metrics, data, trained_epochs)
     metadata = {"format": "pt", "mvformer_format_version": str(FORMAT_VERSION)}
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    _write_atomic(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
-    _write_atomic(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config_text))  # last: marks a whole export
+    with atomic_path(directory / WEIGHTS_NAME) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+    write_text(directory / CARD_NAME, card)
+    write_text(directory / CONFIG_NAME, config_text)  # last: marks a whole export
     return directory
 
 
@@ -189,19 +175,6 @@ def _read_stored_config(path: Path) -> Config:
     return config_from_dict(stored["config"], str(path))
 
 
-def _check_weights_fit(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    """Name the first missing, unexpected or misshapen tensor instead of torch's multi-line report."""
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    if missing or unexpected:
-        raise MVFormerError(f"{path}: weights do not fit the model in {CONFIG_NAME} ({len(missing)} missing, "
-                            f"e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")
-    for key, value in expected.items():
-        if state[key].shape != value.shape:
-            raise MVFormerError(f"{path}: weights do not fit the model in {CONFIG_NAME} ('{key}' has shape "
-                                f"{tuple(state[key].shape)}, the config builds {tuple(value.shape)})")
-
-
 def load_pretrained(directory: str | Path, backbone=None) -> MVFormer:
     """A model written by `save_pretrained`, in eval mode on the CPU; the backbone is rebuilt from the
     config unless one is passed. Reads JSON and safetensors only: no pickle."""
@@ -218,39 +191,6 @@ def load_pretrained(directory: str | Path, backbone=None) -> MVFormer:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise MVFormerError(f"{weights_path}: not a readable safetensors file, truncated or corrupt ({reason})") \
             from None
-    model = MVFormer(config, backbone)
-    _check_weights_fit(weights_path, state, model.trainable_state_dict())
-    try:
-        model.load_trainable_state_dict(state)
-    except (ValueError, RuntimeError) as error:
-        raise MVFormerError(f"{weights_path}: {str(error).splitlines()[0]}") from None
+    model = build_model(config, backbone)
+    model.load_trainable_state_dict(state, str(weights_path))
     return model.eval()
-
-
-def _checkpoint_metrics(run_dir: Path, epoch: int) -> dict | None:
-    """The last evaluation in RUN/metrics.jsonl made at the checkpoint's epoch (a later one scored other weights)."""
-    if not (run_dir / "metrics.jsonl").is_file():
-        return None
-    try:
-        records = read_metrics(run_dir)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MVFormerError(f"{run_dir / 'metrics.jsonl'}: not valid JSON lines ({str(error).splitlines()[0]})") \
-            from None
-    evaluations = [r["eval"] for r in records
-                   if isinstance(r, dict) and r.get("epoch") == epoch and isinstance(r.get("eval"), dict)]
-    return evaluations[-1] if evaluations else None
-
-
-def export_checkpoint(run_or_checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """`mvformer export`: a training checkpoint (or a run folder holding one) -> a save_pretrained folder,
-    with the run's evaluation at the checkpoint's epoch, if any, in the model card."""
-    source = Path(run_or_checkpoint)
-    checkpoint = source / CHECKPOINT_NAME if source.is_dir() else source
-    state = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(checkpoint)
-    # Version 1 stored the last finished epoch; version 2 stores where to resume (epoch, step within it).
-    trained_epochs = state["epoch"] + 1 if state["version"] == 1 else state["epoch"]
-    at_epoch_end = state.get("step", 0) == 0 and trained_epochs > 0
-    metrics = _checkpoint_metrics(checkpoint.parent, trained_epochs - 1) if at_epoch_end else None
-    return save_pretrained(model, out, metrics=metrics, data=model.config.data.root, overwrite=overwrite,
-                           trained_epochs=trained_epochs)

@@ -10,22 +10,25 @@ import pytest
 import torch
 from PIL import Image
 
-from mvformer import apps, viz
+from mvformer import viz
+from mvformer.apps import align, attention, embed, pictures, progress, retrieve
+from mvformer.apps import videos as videos_module
+from mvformer.evaluation import alignment
 from mvformer.cli import main
 from mvformer.config import load_config
 from mvformer.data.synthetic import generate_pouring_dataset, phase_names
 from mvformer.data.video import read_video, write_video
 from mvformer.errors import MVFormerError
-from mvformer.evaluation.embed import prepare_frames
-from mvformer.model import MVFormer
-from mvformer.train import CHECKPOINT_VERSION, model_from_checkpoint, save_checkpoint
+
+from mvformer.model.mvformer import build_model
+from mvformer.checkpoint import CHECKPOINT_VERSION, model_from_checkpoint, save_checkpoint
 
 
 def write_checkpoint(path, root, *overrides, version=CHECKPOINT_VERSION):
     """An untrained demo model saved in the format train() writes."""
     config = load_config("demo", [f"data.root={root}", "data.clip_len=16", *overrides])
     torch.manual_seed(0)
-    model = MVFormer(config)
+    model = build_model(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, {"version": version, "config": config.to_dict(), "epoch": 0,
                            "model": model.trainable_state_dict(), "optimizer": {}, "torch_rng": torch.get_rng_state()})
@@ -74,14 +77,14 @@ def one_line_failure(args, capsys, *fragments):
 
 
 def test_embed_writes_each_video_as_the_model_embeds_it_whole(root, checkpoint, videos, tmp_path, monkeypatch):
-    monkeypatch.setattr(apps, "DECODE_CHUNK", 5)  # several chunks per video: the chunked path must not change results
-    written = apps.embed_videos(checkpoint, [root], tmp_path / "embs")
+    monkeypatch.setattr(videos_module, "DECODE_CHUNK", 5)  # several chunks per video: the chunked path must not change results
+    written = embed.embed_videos(checkpoint, [root], tmp_path / "embs")
     assert [p.stem for p in written] == [v.stem for v in videos]
     model = model_from_checkpoint(checkpoint)
     for path, video in zip(written, videos):
         embs = np.load(path)
         frames = read_video(video, size=64)  # squashed in the decoder, as training does
-        expected = model.embed_video(prepare_frames(frames, model, torch.device("cpu"))).numpy()
+        expected = model.embed_video(model.prepare(frames)).numpy()
         assert embs.shape == (len(frames), 32) and embs.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(embs, axis=1), 1.0, atol=1e-5)
         np.testing.assert_allclose(embs, expected, atol=1e-5)
@@ -97,7 +100,7 @@ def test_embed_frame_folder_records_no_frame_rate(root, checkpoint, videos, tmp_
     frames = read_video(videos[0])
     for index, frame in enumerate(frames):
         Image.fromarray(frame).save(folder / f"frame_{index:04d}.png")
-    crop_out = apps.embed_videos(checkpoint, [folder], tmp_path / "embs", frames="crop")[0]
+    crop_out = embed.embed_videos(checkpoint, [folder], tmp_path / "embs", frames="crop")[0]
     info = json.loads(crop_out.with_suffix(".json").read_text())
     assert crop_out.name == "clip.npy" and info["fps"] is None and info["frame_mode"] == "crop"
     assert np.load(crop_out).shape == (len(frames), 32)
@@ -105,18 +108,18 @@ def test_embed_frame_folder_records_no_frame_rate(root, checkpoint, videos, tmp_
 
 def test_embed_refuses_to_overwrite_and_same_names(root, checkpoint, videos, tmp_path):
     out = tmp_path / "embs"
-    apps.embed_videos(checkpoint, videos[:1], out)
+    embed.embed_videos(checkpoint, videos[:1], out)
     before = np.load(out / f"{videos[0].stem}.npy")
     with pytest.raises(MVFormerError, match="already exists; pass --overwrite"):
-        apps.embed_videos(checkpoint, videos[:2], out)
+        embed.embed_videos(checkpoint, videos[:2], out)
     assert not (out / f"{videos[1].stem}.npy").exists()  # refused before any work
-    apps.embed_videos(checkpoint, videos[:1], out, overwrite=True)
+    embed.embed_videos(checkpoint, videos[:1], out, overwrite=True)
     np.testing.assert_array_equal(np.load(out / f"{videos[0].stem}.npy"), before)
     twin = tmp_path / "other" / videos[0].name
     twin.parent.mkdir()
     twin.write_bytes(videos[0].read_bytes())
     with pytest.raises(MVFormerError, match="also named"):
-        apps.embed_videos(checkpoint, [videos[0], twin], tmp_path / "twins")
+        embed.embed_videos(checkpoint, [videos[0], twin], tmp_path / "twins")
 
 
 def test_checkpoint_of_another_version_or_model_is_refused(root, videos, tmp_path, capsys):
@@ -148,7 +151,7 @@ def dtw_reference(costs):
 @pytest.mark.parametrize("shape", [(1, 1), (1, 6), (7, 1), (9, 13), (20, 8)])
 def test_dtw_path_is_monotone_complete_and_of_least_cost(shape):
     costs = np.random.default_rng(sum(shape)).random(shape)
-    path = apps.dtw_path(costs)
+    path = alignment.dtw_path(costs)
     assert tuple(path[0]) == (0, 0) and tuple(path[-1]) == (shape[0] - 1, shape[1] - 1)
     steps = np.diff(path, axis=0)
     assert np.all((steps >= 0) & (steps <= 1)) and np.all(steps.sum(axis=1) >= 1)
@@ -157,15 +160,15 @@ def test_dtw_path_is_monotone_complete_and_of_least_cost(shape):
 
 def test_nearest_neighbour_path_and_shown_frames():
     costs = np.array([[3.0, 1.0, 2.0], [0.5, 4.0, 0.1], [1.0, 1.0, 0.0]])
-    np.testing.assert_array_equal(apps.nearest_neighbour_path(costs), [[0, 1], [1, 2], [2, 2]])
+    np.testing.assert_array_equal(alignment.nearest_neighbour_path(costs), [[0, 1], [1, 2], [2, 2]])
     path = np.array([[0, 0], [0, 1], [1, 2], [2, 2]])  # reference frame 0 pairs with 0 and 1: 1 is nearer
-    np.testing.assert_array_equal(apps.shown_frames(costs, path), [1, 2, 2])
+    np.testing.assert_array_equal(align.shown_frames(costs, path), [1, 2, 2])
 
 
 @pytest.mark.parametrize("method", ["dtw", "nn"])
 def test_aligning_a_video_with_itself_is_the_identity(checkpoint, videos, tmp_path, method):
     out = tmp_path / "self.mp4"
-    (alignment,) = apps.align_videos(checkpoint, videos[0], [videos[0]], out, method=method, height=64)
+    (alignment,) = align.align_videos(checkpoint, videos[0], [videos[0]], out, method=method, height=64)
     length = len(read_video(videos[0]))
     identity = np.stack([np.arange(length)] * 2, axis=1)
     np.testing.assert_array_equal(alignment.path, identity)
@@ -184,7 +187,7 @@ def test_align_grid_of_videos_of_other_sizes_and_frame_rates(checkpoint, videos,
     wide = tmp_path / "wide.mp4"  # another size, aspect ratio and frame rate
     write_video(wide, viz.resize_frames(read_video(videos[1]), 48, 80), fps=10)
     out = tmp_path / "grid.gif"
-    alignments = apps.align_videos(checkpoint, videos[0], [videos[1], wide], out, height=64)
+    alignments = align.align_videos(checkpoint, videos[0], [videos[1], wide], out, height=64)
     length = len(read_video(videos[0]))
     frames = gif_frames(out)
     assert frames.shape == (length, 128, 212, 3)  # 2 x 2 cells, each 64 high and as wide as the widest (106)
@@ -221,7 +224,7 @@ def test_align_refuses_short_videos_bad_outputs_and_existing_files(checkpoint, v
 
 def test_a_frame_retrieves_itself_first_at_distance_zero(root, checkpoint, videos, tmp_path):
     out = tmp_path / "sheet.png"
-    matches = apps.retrieve_frames(checkpoint, videos[2], 7, [root], out, k=6)
+    matches = retrieve.retrieve_frames(checkpoint, videos[2], 7, [root], out, k=6)
     assert len(matches) == 6
     assert (matches[0].source, matches[0].frame) == (videos[2], 7) and matches[0].distance < 1e-6
     distances = [m.distance for m in matches]
@@ -229,17 +232,17 @@ def test_a_frame_retrieves_itself_first_at_distance_zero(root, checkpoint, video
     rows = read_csv(out.with_suffix(".csv"))
     assert rows[0] == ["rank", "video", "frame", "distance"] and rows[1][1:3] == [str(videos[2]), "7"]
     assert Image.open(out).size[0] > 0
-    others = apps.retrieve_frames(checkpoint, videos[2], 7, [root], tmp_path / "others.png", k=3,
+    others = retrieve.retrieve_frames(checkpoint, videos[2], 7, [root], tmp_path / "others.png", k=3,
                                   skip_query_video=True)
     assert all(m.source != videos[2] for m in others) and others[0].distance >= distances[1] - 1e-9
 
 
 def test_retrieval_input_errors(root, checkpoint, videos, tmp_path, capsys):
-    assert apps.parse_frame_reference("dir:with:colons/clip.mp4:12") == (type(videos[0])("dir:with:colons/clip.mp4"),
+    assert retrieve.parse_frame_reference("dir:with:colons/clip.mp4:12") == (type(videos[0])("dir:with:colons/clip.mp4"),
                                                                         12)
     for spec in ("clip.mp4", "clip.mp4:-1", "clip.mp4:x", ":3"):
         with pytest.raises(MVFormerError, match="VIDEO:FRAME"):
-            apps.parse_frame_reference(spec)
+            retrieve.parse_frame_reference(spec)
     one_line_failure(["retrieve", str(checkpoint), "--query", f"{videos[0]}:999", "--gallery", str(root),
                       "--out", str(tmp_path / "r.png")], capsys, "frame 999 out of range")
     one_line_failure(["retrieve", str(checkpoint), "--query", f"{videos[0]}:1", "--gallery", str(tmp_path),
@@ -253,13 +256,13 @@ def test_retrieval_input_errors(root, checkpoint, videos, tmp_path, capsys):
 
 
 def test_attention_maps_sum_to_one_over_the_patch_grid(checkpoint, videos, tmp_path, monkeypatch):
-    monkeypatch.setattr(apps, "DECODE_CHUNK", 7)
-    maps = apps.attention_video(checkpoint, videos[0], tmp_path, every=2, strip_frames=4, display_size=64)
+    monkeypatch.setattr(videos_module, "DECODE_CHUNK", 7)
+    maps = attention.attention_video(checkpoint, videos[0], tmp_path, every=2, strip_frames=4, display_size=64)
     frames = read_video(videos[0], size=64)
     assert maps.shape == (len(frames), 3, 8, 8)
     np.testing.assert_allclose(maps.sum(axis=(2, 3)), 1.0, atol=1e-5)
     model = model_from_checkpoint(checkpoint)
-    patches, _ = model.backbone(prepare_frames(frames, model, torch.device("cpu")))
+    patches, _ = model.backbone(model.prepare(frames))
     expected = model.head.pooling.attention(patches).detach().numpy().reshape(maps.shape)
     np.testing.assert_allclose(maps, expected, atol=1e-6)
     np.testing.assert_array_equal(np.load(tmp_path / "attention.npy"), maps)
@@ -289,7 +292,7 @@ def test_attention_needs_an_lstp_model(root, videos, tmp_path, capsys):
 
 def test_progress_against_labelled_reference(root, checkpoint, videos, tmp_path):
     out = tmp_path / "progress.png"
-    result = apps.progress_against_reference(checkpoint, root, videos[4], out)
+    result = progress.progress_against_reference(checkpoint, root, videos[4], out)
     length = len(read_video(videos[4]))
     assert result.predictions.shape == (length, len(phase_names) - 1)
     assert result.boundaries == [f"end of {name}" for name in phase_names[:-1]]
@@ -334,7 +337,7 @@ def test_tile_and_progress_bars_place_pixels_exactly():
 
 
 def test_demo_pictures(root, checkpoint, tmp_path):
-    written = apps.write_demo_pictures(checkpoint.parent, root, tmp_path / "pictures")
+    written = pictures.write_demo_pictures(checkpoint.parent, root, tmp_path / "pictures")
     assert [p.name for p in written] == ["embeddings.png", "align.gif", "align_cost.png", "retrieve.png",
                                          "attention_strip.png", "attention.gif", "progress.png"]
     assert all(p.stat().st_size > 1000 for p in written)

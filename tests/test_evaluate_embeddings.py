@@ -21,10 +21,13 @@ def make_split(rng, num_videos, class_means, unlabelled_share=0.15):
     embs, labels = [], []
     for _ in range(num_videos):
         length = int(rng.integers(10, 20))
-        video_labels = np.sort(rng.integers(0, len(class_means), size=length))
+        num_classes = len(class_means)
+        video_labels = np.sort(np.concatenate([np.arange(num_classes),
+                                               rng.integers(0, num_classes, size=length - num_classes)]))
         frames = class_means[video_labels] + 0.5 * rng.normal(size=(length, class_means.shape[1]))
         embs.append(frames / np.linalg.norm(frames, axis=1, keepdims=True))
-        video_labels[rng.random(length) < unlabelled_share] = -1
+        last_of_phase = np.append(np.diff(video_labels) != 0, True)  # progression needs every phase in every video
+        video_labels[(rng.random(length) < unlabelled_share) & ~last_of_phase] = -1
         labels.append(video_labels)
     return embs, labels
 

@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from mvformer.backbone import build_backbone
+from mvformer.model.backbone import build_backbone
 from mvformer.cli import main
 from mvformer.config import load_config
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.sampling import sample_views
 from mvformer.data.video import write_video
 from mvformer.errors import MVFormerError
-from mvformer.evaluation.embed import embed_dataset, prepare_frames
-from mvformer.features import (CachedTrainingClips, cache_features, copy_frames, embed_cached_split,
-                               load_feature_cache, open_feature_cache)
-from mvformer.model import MVFormer
+from mvformer.evaluation.embed import embed_split
+from mvformer.train.clips import CachedTrainingClips
+from mvformer.features.build import cache_features, copy_frames
+from mvformer.features.cache import load_feature_cache, open_feature_cache
+from mvformer.model.mvformer import build_model
 
 IMAGE_SIZE = 32
 FRAME_COUNTS = {"train": [5, 7, 4, 6], "val": [5, 6]}
@@ -61,11 +62,11 @@ def reference(data_root, tmp_path_factory):
     config = make_config(data_root)
     folder = cache_features(config, tmp_path_factory.mktemp("reference"), copies=1, chunk_frames=CHUNK_FRAMES,
                             note=lambda line: None)
-    model = MVFormer(config)
+    model = build_model(config)
     tokens = {}
     for split in FRAME_COUNTS:
         dataset = VideoDataset(data_root, split, size=IMAGE_SIZE)
-        tokens[split] = [model.backbone(prepare_frames(dataset.frames(i), model, CPU)) for i in range(len(dataset))]
+        tokens[split] = [model.backbone(model.prepare(dataset.frames(i))) for i in range(len(dataset))]
     return folder, tokens
 
 
@@ -100,16 +101,18 @@ def test_embeddings_from_the_cache_equal_embeddings_from_the_videos(data_root, r
     folder, _ = reference
     config = make_config(data_root, "model.time_encoding=none")  # embeddings depend on the frames alone
     torch.manual_seed(0)
-    model = MVFormer(config).eval()
+    model = build_model(config).eval()
     cache = load_feature_cache(folder)
     for split in FRAME_COUNTS:
-        direct = embed_dataset(model, VideoDataset(data_root, split, size=IMAGE_SIZE), CPU, chunk_size=3)
-        cached = embed_cached_split(model, cache, split, CPU, chunk_size=3)
+        dataset = VideoDataset(data_root, split, size=IMAGE_SIZE)
+        direct = embed_split(model, dataset, CPU)
+        cached = embed_split(model, dataset, CPU, cache, split)
         assert 0 < max_difference(cached, direct) < 1e-4  # measured: 6.5e-6 (float16 tokens)
     # The bound is tight enough to catch other preprocessing: centre crop instead of squash differs by 0.03.
-    cropped = embed_dataset(model, VideoDataset(data_root, "val", size=None), CPU, chunk_size=3)
-    assert max_difference(embed_cached_split(model, cache, "val", CPU), cropped) > 1e-2
-    assert [e.shape[0] for e in embed_cached_split(model, cache, "train", CPU, indices=[2, 0])] == [4, 5]
+    val_set = VideoDataset(data_root, "val", size=None)
+    assert max_difference(embed_split(model, val_set, CPU, cache, "val"), embed_split(model, val_set, CPU)) > 1e-2
+    train_set = VideoDataset(data_root, "train", size=IMAGE_SIZE)
+    assert [e.shape[0] for e in embed_split(model, train_set, CPU, cache, "train", indices=[2, 0])] == [4, 5]
 
 
 def test_cached_training_clips_draw_the_same_views_as_training(reference):
@@ -133,10 +136,10 @@ def test_augmented_copies_are_seeded_augment_draws_and_views_use_distinct_ones(d
     config = make_config(data_root)
     folder = cache_features(config, tmp_path / "cache", copies=2, chunk_frames=CHUNK_FRAMES, note=lambda line: None)
     cache = load_feature_cache(folder)
-    model = MVFormer(config)
+    model = build_model(config)
     backbone = model.backbone
     frames = VideoDataset(data_root, "train", size=IMAGE_SIZE).frames(1)
-    assert torch.equal(copy_frames(frames, 0, backbone, config.data.augment, 0, 1), prepare_frames(frames, model, CPU))
+    assert torch.equal(copy_frames(frames, 0, backbone, config.data.augment, 0, 1), model.prepare(frames))
     copies = [cache.features("train", 1, copy=copy)[0] for copy in range(3)]
     for copy in (1, 2):
         expected, _ = backbone(copy_frames(frames, copy, backbone, config.data.augment, config.train.seed, 1))
@@ -298,8 +301,8 @@ def test_cache_features_command(data_root, tmp_path, capsys):
     config_file.write_text(f"base: demo\nbackbone: {{name: tiny, blocks: [3]}}\ndata: {{root: {data_root}, "
                            f"image_size: {IMAGE_SIZE}}}\ntrain: {{device: cpu}}\n")
     assert main(["cache-features", str(config_file), "--out", str(tmp_path / "cache"), "--copies", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "1 augmented train copies), 58.4 KiB to write" in out and "feature cache complete" in out
+    err = capsys.readouterr().err
+    assert "1 augmented train copies), 58.4 KiB to write" in err and "feature cache complete" in err
     assert load_feature_cache(tmp_path / "cache").num_copies == 1
     assert main(["cache-features", str(config_file), "--copies", "-1"]) == 2
     assert capsys.readouterr().err == "mvformer: error: --copies must be >= 0, got -1\n"

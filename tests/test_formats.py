@@ -16,9 +16,12 @@ import torch
 from PIL import Image
 
 from mvformer.cli import main
-from mvformer.data import formats
+from mvformer.data.formats import penn_action
+from mvformer.data.formats import prepare as prepare_module
 from mvformer.data.datasets import VideoDataset
-from mvformer.data.formats import MANIFEST, load_pickle, open_dataset, penn_action_actions, prepare
+from mvformer.data.formats.prepare import MANIFEST, prepare
+from mvformer.data.formats.records import load_pickle
+from mvformer.data.formats import open_dataset, penn_action_actions
 from mvformer.data.video import read_video, write_video
 from mvformer.errors import MVFormerError
 
@@ -67,10 +70,10 @@ def penn_pickles(tmp_path: Path) -> Path:
     root = tmp_path / "penn_action"
     index = 0
     for split, videos in PENN_VIDEOS.items():
-        records, action_to_indices = [], [[] for _ in formats.PENN_ACTIONS]
+        records, action_to_indices = [], [[] for _ in penn_action.PENN_ACTIONS]
         for i, (name, action, num_frames) in enumerate(videos):
-            labels = torch.from_numpy(phases(num_frames, formats.PENN_ACTION_PHASES[action]))
-            action_label = formats.PENN_ACTIONS.index(action)
+            labels = torch.from_numpy(phases(num_frames, penn_action.PENN_ACTION_PHASES[action]))
+            action_label = penn_action.PENN_ACTIONS.index(action)
             records.append(carl_record(root, index, name, num_frames, labels, action_label=action_label))
             action_to_indices[action_label].append(i)
             index += 1
@@ -109,8 +112,8 @@ def penn_official(tmp_path: Path) -> Path:
         scipy.io.savemat(root / "labels" / f"{video_id}.mat", {
             "action": action, "pose": "front", "train": train, "nframes": num_frames,
             "x": np.zeros((num_frames, 13)), "dimensions": np.array([SIZE, SIZE, num_frames])})
-        if action in formats.PENN_ACTION_PHASES and video_id != "0004":
-            np.save(root / "phases" / f"{video_id}.npy", phases(num_frames, formats.PENN_ACTION_PHASES[action]))
+        if action in penn_action.PENN_ACTION_PHASES and video_id != "0004":
+            np.save(root / "phases" / f"{video_id}.npy", phases(num_frames, penn_action.PENN_ACTION_PHASES[action]))
     return root
 
 
@@ -383,9 +386,9 @@ def test_prepare_pouring_links_videos_and_reads_back(pouring, tmp_path):
 
 def test_prepare_resumes_after_an_interrupted_run(pouring, tmp_path, monkeypatch):
     dest = tmp_path / "generic"
-    monkeypatch.setattr(formats, "PREPARE_BATCH", 1)  # save the manifest after every video
+    monkeypatch.setattr(prepare_module, "PREPARE_BATCH", 1)  # save the manifest after every video
     placed = []
-    real_place = formats._place_video
+    real_place = prepare_module._place_video
 
     def place_then_crash(source: Path, target: Path) -> None:
         if len(placed) == 2:
@@ -393,14 +396,14 @@ def test_prepare_resumes_after_an_interrupted_run(pouring, tmp_path, monkeypatch
         real_place(source, target)
         placed.append(source.name)
 
-    monkeypatch.setattr(formats, "_place_video", place_then_crash)
+    monkeypatch.setattr(prepare_module, "_place_video", place_then_crash)
     with pytest.raises(KeyboardInterrupt):
         prepare("pouring", pouring, dest)
     assert not (dest / "splits").exists()
     done = json.loads((dest / MANIFEST).read_text())["done"]
     assert sorted(done) == ["train_0", "train_1"]
 
-    monkeypatch.setattr(formats, "_place_video", lambda s, t: (placed.append(s.name), real_place(s, t)))
+    monkeypatch.setattr(prepare_module, "_place_video", lambda s, t: (placed.append(s.name), real_place(s, t)))
     notes = []
     prepare("pouring", pouring, dest, note=notes.append)
     assert placed == ["train_0.mp4", "train_1.mp4", "train_2.mp4", "val_0.mp4"]  # nothing placed twice

@@ -5,7 +5,9 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy.optimize import minimize
 from scipy.spatial.distance import cdist
+from scipy.special import logsumexp, softmax
 from scipy.stats import kendalltau
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
@@ -19,19 +21,23 @@ from mvformer.evaluation.metrics import (
     progression_targets,
     retrieval_precision,
 )
+from mvformer.evaluation.probes import fit_logistic_probe
 
 
 def make_videos(seed, num_videos=6, num_classes=3, dim=8, unlabelled_share=0.15):
-    """Random L2-normalised embeddings with non-decreasing phase labels; some frames unlabelled (-1)."""
+    """Random L2-normalised embeddings with non-decreasing phase labels, every phase in every video (progression
+    needs them, as published); some frames unlabelled (-1), never the last frame of a phase."""
     rng = np.random.default_rng(seed)
     class_means = rng.normal(size=(num_classes, dim))
     embs, labels = [], []
     for _ in range(num_videos):
         length = int(rng.integers(8, 20))
-        video_labels = np.sort(rng.integers(0, num_classes, size=length))
+        video_labels = np.sort(np.concatenate([np.arange(num_classes),
+                                               rng.integers(0, num_classes, size=length - num_classes)]))
         frames = class_means[video_labels] + rng.normal(size=(length, dim))  # (frames, D)
         embs.append(frames / np.linalg.norm(frames, axis=1, keepdims=True))
-        video_labels[rng.random(length) < unlabelled_share] = -1
+        last_of_phase = np.append(np.diff(video_labels) != 0, True)
+        video_labels[(rng.random(length) < unlabelled_share) & ~last_of_phase] = -1
         labels.append(video_labels)
     return embs, labels
 
@@ -87,9 +93,49 @@ def reference_retrieval(embs, labels, ks, stride):
 
 
 def stack_labelled(embs, labels):
-    features = np.concatenate([e[lab >= 0] for e, lab in zip(embs, labels)])
+    """Labelled frames of all videos, rounded to float32 as the probes see them: (frames, D), (frames,)."""
+    features = np.concatenate([e[lab >= 0] for e, lab in zip(embs, labels)]).astype(np.float32)
     targets = np.concatenate([lab[lab >= 0] for lab in labels])
     return features, targets
+
+
+def published_progression_targets(labels, num_classes):
+    """The published rule, written plainly: unlabelled frames dropped (evaluate.py keeps frame_label >= 0), then per
+    phase c < C - 1 the last frame whose label equals c (np.argwhere(labels == c)[-1, 0], an IndexError when there
+    is none) and (arange(L) - that frame) / L (evaluation/event_completion.py, regression_labels_for_class)."""
+    kept = np.asarray(labels)[np.asarray(labels) >= 0]
+    columns = []
+    for phase in range(num_classes - 1):
+        transition_frame = np.argwhere(kept == phase)[-1, 0]
+        columns.append((np.arange(float(len(kept))) - transition_frame) / len(kept))
+    return np.stack(columns, axis=1)
+
+
+def softmax_regression(x, y, c):
+    """Multinomial logistic regression fitted here: minimise c * sum_i cross-entropy + ||W||^2 / 2 (intercept b
+    unpenalised) with L-BFGS to a tight tolerance. x (n, D), y (n,) in 0..K-1 -> W (K, D), b (K,)."""
+    n, dim = x.shape
+    k = int(y.max()) + 1
+    onehot = np.eye(k)[y]  # (n, K)
+
+    def objective(params):
+        w, b = params[: k * dim].reshape(k, dim), params[k * dim:]
+        logits = x @ w.T + b  # (n, K)
+        loss = c * np.sum(logsumexp(logits, axis=1) - logits[np.arange(n), y]) + 0.5 * np.sum(w * w)
+        residual = c * (softmax(logits, axis=1) - onehot)  # (n, K): d loss / d logits
+        return loss, np.concatenate([(residual.T @ x + w).ravel(), residual.sum(axis=0)])
+
+    solution = minimize(objective, np.zeros(k * (dim + 1)), jac=True, method="L-BFGS-B",
+                        options={"gtol": 1e-11, "ftol": 1e-15, "maxiter": 10000}).x
+    return solution[: k * dim].reshape(k, dim), solution[k * dim:]
+
+
+def overlapping_classes(seed, num_classes, num_frames=40):
+    """3-d features whose classes overlap, so the penalty visibly moves the fitted boundary."""
+    rng = np.random.default_rng(seed)
+    x = 0.5 * rng.normal(size=(num_frames, 3))
+    score = x @ np.array([1.0, -2.0, 0.5]) + 0.8 + rng.normal(size=num_frames)
+    return x, np.digitize(score, [0.0] if num_classes == 2 else [0.3, 1.3])
 
 
 def circle_video(phases):
@@ -216,10 +262,50 @@ def test_classification_equals_sklearn_fitted_directly():
     # 5 videos: 0.1 -> max(1, int(0.5)) = 1 video, 0.7 -> int(3.5) = 3 videos, 1.0 -> 5 videos.
     for fraction, num_videos in [(0.1, 1), (0.7, 3), (1.0, 5)]:
         train_x, train_y = stack_labelled(train_embs[:num_videos], train_labels[:num_videos])
-        assert len(np.unique(train_y)) > 1
-        probe = LogisticRegression(max_iter=100000, solver="lbfgs").fit(train_x, train_y)
-        assert got[fraction] == pytest.approx(np.mean(probe.predict(val_x) == val_y), abs=1e-12)
+        assert len(np.unique(train_y)) == 3
+        # scikit-learn 0.24.2 (pinned by the published code) widens float32 to float64 for lbfgs.
+        probe = LogisticRegression(max_iter=100000, solver="lbfgs").fit(train_x.astype(np.float64), train_y)
+        assert got[fraction] == pytest.approx(np.mean(probe.predict(val_x.astype(np.float64)) == val_y), abs=1e-12)
     assert set(got) == {0.1, 0.7, 1.0}
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_sklearn_fit_equals_a_softmax_fit_written_here(num_classes):
+    """Two classes: a softmax with penalty C is a sigmoid with 2C (d = w1 - w0, db = b1 - b0); with C the sigmoid
+    is visibly different. Three classes: sklearn's multinomial with C is the softmax (W, b up to a common shift)."""
+    x, y = overlapping_classes(26, num_classes)
+    w, b = softmax_regression(x, y, c=1.0)
+    if num_classes == 2:
+        sigmoid = LogisticRegression(C=2.0, tol=1e-12, max_iter=10000).fit(x, y)
+        np.testing.assert_allclose(sigmoid.coef_[0], w[1] - w[0], atol=1e-6)
+        assert sigmoid.intercept_[0] == pytest.approx(b[1] - b[0], abs=1e-6)
+        same_c = LogisticRegression(C=1.0, tol=1e-12, max_iter=10000).fit(x, y)
+        assert np.abs(same_c.coef_[0] - (w[1] - w[0])).max() > 0.1
+        softmax_decision = x @ (w[1] - w[0]) + b[1] - b[0]  # (n,): > 0 -> class 1
+    else:
+        multinomial = LogisticRegression(C=1.0, tol=1e-12, max_iter=10000).fit(x, y)
+        np.testing.assert_allclose(multinomial.coef_, w, atol=1e-6)
+        np.testing.assert_allclose(multinomial.intercept_ - multinomial.intercept_.mean(), b - b.mean(), atol=1e-6)
+        softmax_decision = x @ w.T + b - (b.mean() - multinomial.intercept_.mean())  # (n, K)
+    # The probe as shipped (default tolerance) lands on the softmax's decision function.
+    np.testing.assert_allclose(fit_logistic_probe(x, y).decision_function(x), softmax_decision, atol=2e-3)
+
+
+def test_two_phase_classification_predicts_as_the_softmax():
+    """Validation frames between the softmax's boundary and the C = 1 sigmoid's: labelled as the softmax predicts
+    them, the published probe scores 1 and a sigmoid with the same C would score 0."""
+    x, y = overlapping_classes(26, 2)
+    w, b = softmax_regression(x, y, c=1.0)
+    direction, offset = w[1] - w[0], b[1] - b[0]
+    unit = direction / np.linalg.norm(direction)
+    same_c = LogisticRegression(C=1.0, tol=1e-12, max_iter=10000).fit(x, y)
+    softmax_root = -offset / np.linalg.norm(direction)  # x = s * unit on the softmax's boundary
+    same_c_root = -same_c.intercept_[0] / (same_c.coef_[0] @ unit)
+    between = np.linspace(softmax_root, same_c_root, 7)[2:-2, None] * unit  # (3, 3)
+    between_labels = (between @ direction + offset > 0).astype(int)
+    assert (same_c.predict(between) != between_labels).all()
+    got = classification_accuracy([x[:20], x[20:]], [y[:20], y[20:]], [between], [between_labels], fractions=(1.0,))
+    assert got == {1.0: 1.0}
 
 
 def test_classification_with_a_single_training_class_predicts_it():
@@ -282,16 +368,32 @@ def test_progression_targets_hand_computed():
     np.testing.assert_allclose(
         progression_targets([0, 0, 1, 1, 1, 2], 3), np.stack([(t - 1) / 6, (t - 4) / 6], axis=1)
     )
-    # Phase 1 missing: its boundary is the last frame labelled <= 1, i.e. the end of phase 0.
-    t = np.arange(4)
-    np.testing.assert_allclose(progression_targets([0, 0, 2, 2], 3), np.stack([(t - 1) / 4, (t - 1) / 4], axis=1))
-    # Phase 0 missing: no frame is <= 0, so its boundary is -1.
-    t = np.arange(3)
-    np.testing.assert_allclose(progression_targets([1, 1, 2], 3), np.stack([(t + 1) / 3, (t - 1) / 3], axis=1))
-    # Unlabelled frames do not locate a boundary but keep their place in t and L.
-    t = np.arange(6)
-    np.testing.assert_allclose(progression_targets([-1, 0, 0, -1, 1, 1], 2), ((t - 2) / 6)[:, None])
+    # Unlabelled frames are dropped and the rest re-indexed: [0, 0, 1, 1], L = 4, phase 0 ends at index 1.
+    np.testing.assert_allclose(
+        progression_targets([-1, 0, 0, -1, 1, 1], 2), [[np.nan], [-1 / 4], [0], [np.nan], [1 / 4], [2 / 4]]
+    )
+    # The boundary is the last frame whose label equals c: phase 1 ends at index 2, not at 3 (label 0 <= 1).
+    np.testing.assert_allclose(
+        progression_targets([0, 1, 1, 0, 2], 3),
+        [[-3 / 5, -2 / 5], [-2 / 5, -1 / 5], [-1 / 5, 0], [0, 1 / 5], [1 / 5, 2 / 5]],
+    )
+    # A video without labelled frames has no targets; a phase without frames cannot end (published: IndexError).
+    assert np.isnan(progression_targets([-1, -1], 3)).all() and progression_targets([-1, -1], 3).shape == (2, 2)
+    with pytest.raises(MVFormerError, match="val video 4: no frame of phase 1"):
+        progression_targets([0, 0, -1, 2, 2], 3, video="val video 4")
+    with pytest.raises(MVFormerError, match="no frame of phase 0"):
+        progression_targets([1, 1, 2], 3)
     assert progression_targets([0, 1], 1).shape == (2, 0)
+    np.testing.assert_allclose(progression_targets([0, 0, -1, 0], 2), [[-2 / 3], [-1 / 3], [np.nan], [0]])
+
+
+def test_progression_targets_equal_the_published_rule():
+    labels = make_videos(27, num_videos=8, num_classes=4)[1]
+    assert any((lab < 0).any() for lab in labels)
+    for video_labels in labels:
+        targets = progression_targets(video_labels, 4)  # (frames, 3)
+        assert np.isnan(targets[video_labels < 0]).all()
+        np.testing.assert_array_equal(targets[video_labels >= 0], published_progression_targets(video_labels, 4))
 
 
 def test_progression_of_linear_embeddings_is_one():
@@ -300,23 +402,25 @@ def test_progression_of_linear_embeddings_is_one():
     _, val_labels = make_videos(18, num_videos=3, num_classes=4)
     mixing, offset = rng.normal(size=(3, 6)), rng.normal(size=6)
 
-    def linear_embs(labels):
-        return [progression_targets(lab, 4) @ mixing + offset for lab in labels]  # (frames, 6)
+    def linear_embs(labels):  # unlabelled frames (NaN targets) get zeros: they are never looked at
+        return [np.nan_to_num(progression_targets(lab, 4)) @ mixing + offset for lab in labels]  # (frames, 6)
 
     # All training videos: within one video the targets are all affine in t, too few to identify the mixing.
     got = phase_progression(
         linear_embs(train_labels), train_labels, linear_embs(val_labels), val_labels, 4, fractions=(1.0,)
     )
-    assert got[1.0] == pytest.approx(1.0, abs=1e-9)
+    assert got[1.0] == pytest.approx(1.0, abs=1e-5)  # fitted in float32, as published
 
 
 def test_progression_equals_regressions_fitted_directly():
     train_embs, train_labels = make_videos(19, num_videos=5)
     val_embs, val_labels = make_videos(20, num_videos=3)
 
-    def stacked(embs, labels):
-        features = np.concatenate([e[lab >= 0] for e, lab in zip(embs, labels)])
-        targets = np.concatenate([progression_targets(lab, 3)[lab >= 0] for lab in labels])
+    assert any((lab < 0).any() for lab in train_labels[:2] + val_labels)
+
+    def stacked(embs, labels):  # float32 embeddings, as published (LinearRegression then fits in float32)
+        features = np.concatenate([e[lab >= 0] for e, lab in zip(embs, labels)]).astype(np.float32)
+        targets = np.concatenate([published_progression_targets(lab, 3) for lab in labels])
         return features, targets
 
     val_x, val_t = stacked(val_embs, val_labels)
@@ -324,6 +428,20 @@ def test_progression_equals_regressions_fitted_directly():
     expected = np.mean([LinearRegression().fit(train_x, train_t[:, c]).score(val_x, val_t[:, c]) for c in (0, 1)])
     got = phase_progression(train_embs, train_labels, val_embs, val_labels, 3, fractions=(0.4,))
     assert got[0.4] == pytest.approx(expected, abs=1e-12)
+    float64_fit = np.mean([LinearRegression().fit(train_x.astype(np.float64), train_t[:, c])
+                           .score(val_x.astype(np.float64), val_t[:, c]) for c in (0, 1)])
+    assert got[0.4] != float64_fit  # the precision is visible, so the check above can fail
+
+
+def test_progression_refuses_a_video_missing_a_phase():
+    embs, labels = make_videos(28, num_videos=3)
+    labels[1] = np.where(labels[1] == 1, -1, labels[1])
+    with pytest.raises(MVFormerError, match="train video 1: no frame of phase 1"):
+        phase_progression(embs, labels, embs[:1], labels[:1], num_classes=3, fractions=(1.0,))
+    labels[1] = np.full_like(labels[1], -1)  # no labelled frame at all: the video is left out, as everywhere
+    kept = [embs[0], embs[2]], [labels[0], labels[2]]
+    assert phase_progression(embs, labels, embs, labels, num_classes=3, fractions=(1.0,)) == phase_progression(
+        *kept, *kept, num_classes=3, fractions=(1.0,))
 
 
 def test_progression_without_boundaries_is_none():

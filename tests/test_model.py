@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from mvformer.config import load_config
-from mvformer.model import MVFormer
-from mvformer.pooling import SpatialTokenPooling, build_pooling
-from mvformer.temporal import TemporalEncoder, sinusoidal_time_encoding
+from mvformer.model.mvformer import build_model
+from mvformer.model.pooling import SpatialTokenPooling, build_pooling
+from mvformer.model.temporal import TemporalEncoder, sinusoidal_time_encoding
 
 
 def straightforward_pooling(pool: SpatialTokenPooling, patches: torch.Tensor) -> torch.Tensor:
     """Keys and values projected for every patch, attention written out by hand."""
     keys, values = pool.key(patches), pool.value(patches)  # (F, P, D)
-    scores = torch.einsum("nd,fpd->fnp", pool.queries, keys) / pool.out_dim**0.5
+    scores = torch.einsum("nd,fpd->fnp", pool.query_vectors(), keys) / pool.out_dim**0.5
     return scores.softmax(dim=-1) @ values  # (F, N, D)
 
 
@@ -104,7 +104,7 @@ def tiny_config(**overrides):
 ])
 def test_model_shapes_normalisation_and_masks(overrides):
     torch.manual_seed(0)
-    model = MVFormer(tiny_config(**overrides)).eval()
+    model = build_model(tiny_config(**overrides)).eval()
     frames = torch.randn(2, 6, 3, 32, 32)
     masks = torch.ones(2, 6)
     masks[1, 4:] = 0
@@ -119,7 +119,7 @@ def test_model_shapes_normalisation_and_masks(overrides):
 
 def test_batch_items_are_independent():
     torch.manual_seed(0)
-    model = MVFormer(tiny_config()).eval()
+    model = build_model(tiny_config()).eval()
     frames = torch.randn(3, 6, 3, 32, 32)
     together = model(frames)
     alone = torch.cat([model(frames[i:i + 1]) for i in range(3)])
@@ -128,7 +128,7 @@ def test_batch_items_are_independent():
 
 def test_embed_video_in_chunks_equals_one_pass_with_interpolated_time():
     torch.manual_seed(0)
-    model = MVFormer(tiny_config()).eval()
+    model = build_model(tiny_config()).eval()
     frames = torch.randn(11, 3, 32, 32)
     chunked = model.embed_video(frames, chunk_size=4)
     whole = model(frames[None])[0]
@@ -137,7 +137,7 @@ def test_embed_video_in_chunks_equals_one_pass_with_interpolated_time():
 
 def test_time_only_control_ignores_the_frames():
     torch.manual_seed(0)
-    model = MVFormer(tiny_config(**{"model.zero_visual_input": "true"})).eval()
+    model = build_model(tiny_config(**{"model.zero_visual_input": "true"})).eval()
     a, b = torch.randn(1, 6, 3, 32, 32), torch.randn(1, 6, 3, 32, 32)
     torch.testing.assert_close(model(a), model(b))
     assert not torch.allclose(model(a)[0, 0], model(a)[0, 1])  # the time encoding still varies
@@ -145,10 +145,10 @@ def test_time_only_control_ignores_the_frames():
 
 def test_trainable_state_excludes_the_frozen_backbone_and_round_trips():
     torch.manual_seed(0)
-    model = MVFormer(tiny_config()).eval()
+    model = build_model(tiny_config()).eval()
     state = model.trainable_state_dict()
     assert state and not any(key.startswith("backbone.") for key in state)
-    other = MVFormer(tiny_config()).eval()
+    other = build_model(tiny_config()).eval()
     other.load_trainable_state_dict(state)
     frames = torch.randn(1, 6, 3, 32, 32)
     torch.testing.assert_close(other(frames), model(frames))

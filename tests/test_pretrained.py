@@ -10,9 +10,10 @@ from safetensors.torch import load_file, save_file
 from mvformer.cli import main
 from mvformer.config import load_config
 from mvformer.errors import MVFormerError
-from mvformer.model import MVFormer
-from mvformer.pretrained import FORMAT_VERSION, model_card
-from mvformer.train import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoint, random_states, save_checkpoint
+from mvformer.model.mvformer import build_model
+from mvformer.pretrained import FORMAT_VERSION, load_pretrained, model_card, save_pretrained
+from mvformer.checkpoint import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoint, save_checkpoint
+from mvformer.runtime import random_states
 
 METRICS = {"classification": {"0.1": 0.625, "1.0": 0.8125}, "progression": {"0.1": 0.5, "1.0": 0.75},
            "kendalls_tau": 0.9375, "retrieval": {"5": 0.875, "10": 0.8671875}}
@@ -25,7 +26,7 @@ def demo_config(*overrides):
 def trained_model(config, seed=0):
     """A model whose weights and BatchNorm statistics differ from any fresh initialisation."""
     torch.manual_seed(seed)
-    model = MVFormer(config)
+    model = build_model(config)
     model.train()
     with torch.no_grad():
         model(torch.randn(2, 6, 3, config.data.image_size, config.data.image_size), project=True)
@@ -49,7 +50,7 @@ def assert_one_line_error(error: pytest.ExceptionInfo, *fragments: str) -> None:
 def test_round_trip_gives_identical_embeddings(tmp_path, overrides):
     config = demo_config(*overrides)
     model = trained_model(config)
-    out = model.save_pretrained(tmp_path / "export", metrics=METRICS)
+    out = save_pretrained(model, tmp_path / "export", metrics=METRICS)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
     stored = json.loads((out / "config.json").read_text())
@@ -58,10 +59,10 @@ def test_round_trip_gives_identical_embeddings(tmp_path, overrides):
     assert not any(key.startswith("backbone.") for key in load_file(out / "model.safetensors"))
 
     torch.manual_seed(123)  # a fresh initialisation, so equality can only come from the loaded weights
-    loaded = MVFormer.from_pretrained(out)
+    loaded = load_pretrained(out)
     assert not loaded.training and loaded.config == config
     frames = frames_for(config)
-    assert not torch.equal(MVFormer(config).eval()(frames), model(frames))
+    assert not torch.equal(build_model(config).eval()(frames), model(frames))
     assert torch.equal(loaded(frames), model(frames))
     assert torch.equal(loaded.embed_video(frames[0], chunk_size=3), model.embed_video(frames[0], chunk_size=3))
     assert torch.equal(loaded(frames, project=True), model(frames, project=True))
@@ -70,7 +71,7 @@ def test_round_trip_gives_identical_embeddings(tmp_path, overrides):
 def test_loading_uses_no_pickle(tmp_path, monkeypatch):
     config = demo_config()
     model = trained_model(config)
-    model.save_pretrained(tmp_path / "export")
+    save_pretrained(model, tmp_path / "export")
 
     def refuse(*args, **kwargs):
         raise AssertionError("pickle was used")
@@ -78,7 +79,7 @@ def test_loading_uses_no_pickle(tmp_path, monkeypatch):
     for name in ("Unpickler", "load", "loads"):
         monkeypatch.setattr(pickle, name, refuse)
     monkeypatch.setattr(torch, "load", refuse)
-    loaded = MVFormer.from_pretrained(tmp_path / "export")
+    loaded = load_pretrained(tmp_path / "export")
     frames = frames_for(config)
     assert torch.equal(loaded(frames), model(frames))
 
@@ -86,29 +87,29 @@ def test_loading_uses_no_pickle(tmp_path, monkeypatch):
 def test_passed_backbone_is_used(tmp_path):
     config = demo_config()
     model = trained_model(config)
-    model.save_pretrained(tmp_path / "export")
-    loaded = MVFormer.from_pretrained(tmp_path / "export", backbone=model.backbone)
+    save_pretrained(model, tmp_path / "export")
+    loaded = load_pretrained(tmp_path / "export", backbone=model.backbone)
     assert loaded.backbone is model.backbone
 
 
 @pytest.fixture
 def export(tmp_path):
-    return trained_model(demo_config()).save_pretrained(tmp_path / "export")
+    return save_pretrained(trained_model(demo_config()), tmp_path / "export")
 
 
 def test_missing_folder_and_files(tmp_path, export):
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(tmp_path / "nowhere")
+        load_pretrained(tmp_path / "nowhere")
     assert_one_line_error(error, str(tmp_path / "nowhere"), "no such folder")
 
     (export / "model.safetensors").unlink()
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(export)
+        load_pretrained(export)
     assert_one_line_error(error, str(export / "model.safetensors"), "not found")
 
     (export / "config.json").unlink()
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(export)
+        load_pretrained(export)
     assert_one_line_error(error, str(export / "config.json"), "not found")
 
 
@@ -120,7 +121,7 @@ def test_missing_folder_and_files(tmp_path, export):
 def test_config_json_that_is_not_an_export(export, text, fragment):
     (export / "config.json").write_text(text)
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(export)
+        load_pretrained(export)
     assert_one_line_error(error, str(export / "config.json"), fragment)
 
 
@@ -134,13 +135,13 @@ def edit_stored_config(export, edit):
 def test_config_failing_validation_names_the_key(export):
     edit_stored_config(export, lambda stored: stored["config"]["model"].update(num_tokns=3))
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(export)
+        load_pretrained(export)
     assert_one_line_error(error, str(export / "config.json"), "model.num_tokns", "model.num_tokens")
 
     edit_stored_config(export, lambda stored: stored["config"]["model"].pop("num_tokns"))
     edit_stored_config(export, lambda stored: stored["config"]["model"].update(pooling="median"))
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(export)
+        load_pretrained(export)
     assert_one_line_error(error, str(export / "config.json"), "model.pooling", "median")
 
 
@@ -148,22 +149,22 @@ def test_newer_format_version_is_refused(export):
     edit_stored_config(export, lambda stored: stored.update(format_version=FORMAT_VERSION + 1,
                                                             mvformer_version="9.0.0"))
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(export)
+        load_pretrained(export)
     assert_one_line_error(error, str(export / "config.json"), f"format version {FORMAT_VERSION + 1}", "9.0.0",
                           "upgrade")
 
 
 def test_weights_from_another_config(tmp_path, export):
-    other = trained_model(demo_config("model.embedding_size=16")).save_pretrained(tmp_path / "other")
+    other = save_pretrained(trained_model(demo_config("model.embedding_size=16")), tmp_path / "other")
     (export / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(export)
+        load_pretrained(export)
     assert_one_line_error(error, str(export / "model.safetensors"), "do not fit", "(16, 64)", "(32, 64)")
 
-    deeper = trained_model(demo_config("model.num_layers=3")).save_pretrained(tmp_path / "deeper")
+    deeper = save_pretrained(trained_model(demo_config("model.num_layers=3")), tmp_path / "deeper")
     (export / "model.safetensors").write_bytes((deeper / "model.safetensors").read_bytes())
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(export)
+        load_pretrained(export)
     assert_one_line_error(error, str(export / "model.safetensors"), "do not fit", "unexpected", "layers.2")
 
 
@@ -172,7 +173,7 @@ def test_missing_tensor_is_named(export):
     del weights["head.embed.weight"]
     save_file(weights, str(export / "model.safetensors"))
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(export)
+        load_pretrained(export)
     assert_one_line_error(error, str(export / "model.safetensors"), "1 missing", "head.embed.weight")
 
 
@@ -182,7 +183,7 @@ def test_truncated_weights(export, keep):
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * keep)] if keep < 1 else data[:keep])
     with pytest.raises(MVFormerError) as error:
-        MVFormer.from_pretrained(export)
+        load_pretrained(export)
     assert_one_line_error(error, str(path), "truncated or corrupt")
 
 
@@ -192,29 +193,29 @@ def test_save_refuses_a_foreign_non_empty_folder(tmp_path):
     folder.mkdir()
     (folder / "thesis.tex").write_text("keep me")
     with pytest.raises(MVFormerError) as error:
-        model.save_pretrained(folder)
+        save_pretrained(model, folder)
     assert_one_line_error(error, str(folder), "not empty")
     assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
 
-    model.save_pretrained(folder, overwrite=True)
+    save_pretrained(model, folder, overwrite=True)
     assert (folder / "thesis.tex").read_text() == "keep me"
     assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in folder.iterdir()}
 
     retrained = trained_model(demo_config(), seed=5)
-    retrained.save_pretrained(tmp_path / "export")
-    model.save_pretrained(tmp_path / "export")  # a previous export is replaced without asking
+    save_pretrained(retrained, tmp_path / "export")
+    save_pretrained(model, tmp_path / "export")  # a previous export is replaced without asking
     frames = frames_for(model.config)
-    assert torch.equal(MVFormer.from_pretrained(tmp_path / "export")(frames), model(frames))
+    assert torch.equal(load_pretrained(tmp_path / "export")(frames), model(frames))
     assert not list((tmp_path / "export").glob(".*.tmp"))
 
     (tmp_path / "file").write_text("")
     with pytest.raises(MVFormerError, match="not a folder"):
-        model.save_pretrained(tmp_path / "file")
+        save_pretrained(model, tmp_path / "file")
 
 
 def test_model_card_describes_model_data_metrics_and_backbone(tmp_path):
     config = demo_config("train.epochs=40")
-    out = trained_model(config).save_pretrained(tmp_path / "export", metrics=METRICS, data="synthetic pouring v2")
+    out = save_pretrained(trained_model(config), tmp_path / "export", metrics=METRICS, data="synthetic pouring v2")
     card = (out / "README.md").read_text()
     assert card.startswith("# demo\n")
     for row in ("| classification/1.0 | 0.8125 |", "| progression/0.1 | 0.5000 |", "| kendalls_tau | 0.9375 |",
@@ -223,7 +224,7 @@ def test_model_card_describes_model_data_metrics_and_backbone(tmp_path):
     assert "`patches`, blocks 0, 64x64 frames" in card and "3 token(s) of width 64" in card
     assert "2 layers, 4 heads, hidden 64" in card and "| embedding size | 32 |" in card
     assert "synthetic pouring v2" in card and "epochs: 40;" in card
-    assert "MVFormer.from_pretrained" in card and "needs no weights file" in card
+    assert "load_pretrained" in card and "needs no weights file" in card
 
     vit = load_config("penn_action", ["backbone.path=/models/dino_vitb8"])
     vit_card = model_card(vit, None, None, trained_epochs=120)
@@ -306,7 +307,7 @@ def test_export_command(tmp_path, capsys):
     assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
     assert str(tmp_path / "export") in capsys.readouterr().out
     frames = frames_for(config)
-    assert torch.equal(MVFormer.from_pretrained(tmp_path / "export")(frames), model(frames))
+    assert torch.equal(load_pretrained(tmp_path / "export")(frames), model(frames))
     stored = json.loads((tmp_path / "export" / "config.json").read_text())
     assert stored["metrics"] == METRICS and stored["trained_epochs"] == 5
     card = (tmp_path / "export" / "README.md").read_text()

@@ -13,7 +13,8 @@ import torch
 
 from mvformer.config import load_config, save_config
 from mvformer.data.synthetic import generate_pouring_dataset
-from mvformer.train import load_checkpoint, train
+from mvformer.checkpoint import load_checkpoint
+from mvformer.train.loop import train
 
 KILL_REPEATS = int(os.environ.get("MVFORMER_KILL_REPEATS", "2"))  # more by hand: the closing note used 10
 
@@ -85,8 +86,8 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_take_the_same_steps_as_one_process_on_the_global_batch(data_root, tmp_path):
-    settings = {"train.epochs": 1, "train.batch_size": 4, "model.dropout": 0.0}  # 8 videos: two steps
+def test_two_gloo_processes_take_the_same_step_as_one_process_on_the_global_batch(data_root, tmp_path):
+    settings = {"train.epochs": 1, "train.batch_size": 8, "model.dropout": 0.0}  # 8 videos: one global step
     single = train(small_config(data_root, tmp_path / "single", **settings)).model.trainable_state_dict()
     config_path = tmp_path / "config.yaml"
     save_config(small_config(data_root, tmp_path / "ddp", **settings), config_path)
@@ -96,27 +97,24 @@ def test_two_gloo_processes_take_the_same_steps_as_one_process_on_the_global_bat
     assert result.returncode == 0, result.stderr[-2000:]
     state = load_checkpoint(tmp_path / "ddp")
     assert state["world_size"] == 2
-    # Adam turns any gradient into a step of about lr per element, so elements whose true gradient is zero
-    # (biases feeding a BatchNorm, for instance) take steps of rounding noise that differ between the runs.
-    # Everything else must agree: measured 0.5% of elements beyond 1e-5, and 95% without cross-rank BatchNorm.
+    # Adam's first moment after one step is (1 - b1) * gradient: compare the global-batch gradients themselves.
+    # (Not the weights: Adam turns any gradient into a step of about lr per element, so elements whose true
+    # gradient is zero, such as biases feeding a BatchNorm, take steps of rounding noise.)
+    reference = load_checkpoint(tmp_path / "single")["optimizer"]["state"]
+    expected = torch.cat([moments["exp_avg"].flatten() for moments in reference.values()])
+    got = torch.cat([state["optimizer"]["state"][index]["exp_avg"].flatten() for index in reference])
+    assert float((got - expected).norm() / expected.norm()) < 1e-4  # measured: 5.7e-6
     initial = small_init(data_root, tmp_path)
-    moved = close = total = 0
-    for key, value in single.items():
-        if not value.is_floating_point() or "running" in key:
-            continue
-        difference = (state["model"][key] - value).abs()
-        close += int((difference <= 1e-5).sum())
-        total += value.numel()
-        moved += int((value - initial[key]).abs().gt(1e-4).sum())
-    assert close / total > 0.98
-    assert moved / total > 0.5  # the two steps really moved the weights
+    moved = sum(int((value - initial[key]).abs().gt(1e-4).sum()) for key, value in single.items()
+                if value.is_floating_point() and "running" not in key)
+    assert moved / sum(v.numel() for k, v in single.items() if v.is_floating_point() and "running" not in k) > 0.5
 
 
 def small_init(data_root, tmp_path) -> dict:
     """The weights before any step (the same seed builds the same model)."""
-    from mvformer.model import MVFormer
+    from mvformer.model.mvformer import build_model
     torch.manual_seed(0)
-    return MVFormer(small_config(data_root, tmp_path / "unused")).trainable_state_dict()
+    return build_model(small_config(data_root, tmp_path / "unused")).trainable_state_dict()
 
 
 def test_a_batch_the_processes_cannot_share_is_one_clear_error(data_root, tmp_path):

@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvformer.data.augment import (
-    AugmentConfig,
-    _draw_view_params,
-    augment_views,
-    hsv_to_rgb,
-    normalize,
-    rgb_to_hsv,
-)
+from mvformer.data.transforms import AugmentConfig, _draw_view_params, augment_views, hsv_to_rgb, normalize, rgb_to_hsv
 from mvformer.data.sampling import sample_views
 from mvformer.errors import MVFormerError
 

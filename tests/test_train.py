@@ -6,16 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-import mvformer.train
+import mvformer.train.loop
 from mvformer.config import load_config
-from mvformer.data.augment import AugmentConfig
+from mvformer.config import AugmentConfig
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.synthetic import generate_pouring_dataset
 from mvformer.errors import MVFormerError
-from mvformer.evaluation.embed import embed_dataset
+from mvformer.evaluation.embed import embed_split
 from mvformer.evaluation.metrics import kendalls_tau
-from mvformer.model import MVFormer
-from mvformer.train import TrainingClips, augment_batch, epoch_batches, learning_rate_factor, load_checkpoint, model_from_checkpoint, read_metrics, train
+from mvformer.model.mvformer import build_model
+from mvformer.train.clips import TrainingClips, augment_batch, epoch_batches
+from mvformer.train.loop import learning_rate_factor, train
+from mvformer.checkpoint import load_checkpoint, model_from_checkpoint, read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +44,12 @@ def test_training_lowers_the_loss_and_raises_tau_over_the_untrained_model(pourin
     train_set, val_set = splits
     config = vision_only_config(pouring_root, tmp_path / "run", epochs=20)
     torch.manual_seed(config.train.seed)
-    untrained = MVFormer(config)
-    tau_before = kendalls_tau(embed_dataset(untrained, val_set, torch.device("cpu")))
+    untrained = build_model(config)
+    tau_before = kendalls_tau(embed_split(untrained, val_set, torch.device("cpu")))
 
     result = train(config, train_set, val_set)
     losses = [r["loss"] for r in read_metrics(result.run_dir) if "loss" in r]
-    tau_after = kendalls_tau(embed_dataset(result.model, val_set, torch.device("cpu")))
+    tau_after = kendalls_tau(embed_split(result.model, val_set, torch.device("cpu")))
     assert np.mean(losses[-5:]) < 0.6 * losses[0]
     assert tau_after > tau_before + 0.3  # measured: about -0.01 before, 0.58 after
     assert result.final_metrics is not None and set(result.final_metrics) == {
@@ -81,16 +83,16 @@ def test_resume_reaches_the_uninterrupted_result(pouring_root, splits, tmp_path,
     whole_state = train(whole, train_set, val_set).model.trainable_state_dict()
 
     cut = vision_only_config(pouring_root, tmp_path / "cut", epochs=2, **{"train.checkpoint_every": 1})
-    real_save = mvformer.train.save_checkpoint
+    real_save = mvformer.train.loop.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         raise Killed  # the process dies right after its first checkpoint
 
-    monkeypatch.setattr(mvformer.train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(mvformer.train.loop, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         train(cut, train_set, val_set)
-    monkeypatch.setattr(mvformer.train, "save_checkpoint", real_save)
+    monkeypatch.setattr(mvformer.train.loop, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "cut")["epoch"] == 1
     resumed_state = train(cut, train_set, val_set, resume=True).model.trainable_state_dict()
     for key, value in whole_state.items():
@@ -104,7 +106,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(pouring_root, splits, t
     whole_state = train(whole, train_set, val_set).model.trainable_state_dict()
 
     cut = vision_only_config(pouring_root, tmp_path / "cut", epochs=2, **settings)
-    real_save, saves = mvformer.train.save_checkpoint, []
+    real_save, saves = mvformer.train.loop.save_checkpoint, []
 
     def save_then_die_on_the_third(path, state):
         real_save(path, state)
@@ -112,10 +114,10 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(pouring_root, splits, t
         if len(saves) == 3:
             raise Killed
 
-    monkeypatch.setattr(mvformer.train, "save_checkpoint", save_then_die_on_the_third)
+    monkeypatch.setattr(mvformer.train.loop, "save_checkpoint", save_then_die_on_the_third)
     with pytest.raises(Killed):
         train(cut, train_set, val_set)
-    monkeypatch.setattr(mvformer.train, "save_checkpoint", real_save)
+    monkeypatch.setattr(mvformer.train.loop, "save_checkpoint", real_save)
     assert saves == [(0, 5), (0, 10), (1, 0)]  # 12 videos, batch 1: steps 5 and 10, then the epoch's end
     resumed_state = train(cut, train_set, val_set, resume=True).model.trainable_state_dict()
     for key, value in whole_state.items():
@@ -175,7 +177,7 @@ def test_an_unreadable_video_is_skipped_and_counted(pouring_root, tmp_path):
 
 def test_nonfinite_steps_are_skipped_and_too_many_stop_the_run(pouring_root, splits, tmp_path, monkeypatch):
     train_set, val_set = splits
-    real_loss = mvformer.train.sequence_contrastive_loss
+    real_loss = mvformer.train.loop.sequence_contrastive_loss
     calls = []
 
     def loss_nan_on_steps_2_and_3(*args):
@@ -183,14 +185,14 @@ def test_nonfinite_steps_are_skipped_and_too_many_stop_the_run(pouring_root, spl
         loss = real_loss(*args)
         return loss * float("nan") if len(calls) in (2, 3) else loss
 
-    monkeypatch.setattr(mvformer.train, "sequence_contrastive_loss", loss_nan_on_steps_2_and_3)
+    monkeypatch.setattr(mvformer.train.loop, "sequence_contrastive_loss", loss_nan_on_steps_2_and_3)
     result = train(vision_only_config(pouring_root, tmp_path / "run", epochs=1), train_set, val_set)
     record = [r for r in read_metrics(result.run_dir) if "loss" in r][0]
     assert record["nonfinite_steps"] == 2 and np.isfinite(record["loss"])
     assert all(torch.isfinite(v).all() for v in load_checkpoint(result.run_dir)["model"].values()
                if v.is_floating_point())
 
-    monkeypatch.setattr(mvformer.train, "sequence_contrastive_loss", lambda *args: real_loss(*args) * float("inf"))
+    monkeypatch.setattr(mvformer.train.loop, "sequence_contrastive_loss", lambda *args: real_loss(*args) * float("inf"))
     config = vision_only_config(pouring_root, tmp_path / "dies", epochs=1, **{"train.max_nonfinite_steps": 3})
     with pytest.raises(MVFormerError, match="step 2: loss or gradient not finite for 3 consecutive steps"):
         train(config, train_set, val_set)
@@ -228,7 +230,7 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_clear_error(pouri
 
 
 def test_training_reads_a_matching_feature_cache_and_says_so(pouring_root, splits, tmp_path, capsys):
-    from mvformer.features import cache_features
+    from mvformer.features.build import cache_features
     train_set, val_set = splits
     settings = {"data.augment.enabled": "false", "train.lr": 0.0}  # frozen weights: every step sees the same model
     plain = vision_only_config(pouring_root, tmp_path / "plain", epochs=2, **settings)

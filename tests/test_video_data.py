@@ -13,7 +13,8 @@ from mvformer.data.datasets import VideoDataset, VideoRecord
 from mvformer.config import load_config
 from mvformer.data.video import count_frames, index_video, read_video, write_video
 from mvformer.errors import MVFormerError
-from mvformer.train import read_metrics, train
+from mvformer.checkpoint import read_metrics
+from mvformer.train.loop import train
 
 PUSHUPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pushups"
 

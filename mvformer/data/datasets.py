@@ -15,9 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mvformer.data.video import (IMAGE_SUFFIXES, FrameIndices, VideoIndex, as_frame_indices, count_frames, index_video,
-                                 read_video)
+from mvformer.data.video import (
+    IMAGE_SUFFIXES,
+    FrameIndices,
+    VideoIndex,
+    as_frame_indices,
+    count_frames,
+    index_video,
+    read_video,
+)
 from mvformer.errors import MVFormerError
+from mvformer.files import write_text
 from mvformer.progress import progress_bar
 
 
@@ -49,6 +57,33 @@ def _read_names(path: Path, root: Path, shown: str, what: str) -> list[str]:
             raise MVFormerError(f"{root}: {shown} lists {name!r} twice")
         seen.add(name)
     return names
+
+
+def split_file(root: str | Path, split: str) -> Path:
+    """ROOT/splits/SPLIT.txt, the list of a split's video names."""
+    return Path(root) / "splits" / f"{split}.txt"
+
+
+def has_generic_split(root: str | Path, split: str) -> bool:
+    return split_file(root, split).is_file()
+
+
+def is_generic_root(root: str | Path) -> bool:
+    """Whether `root` is laid out in the generic layout (it has a splits/ folder)."""
+    return (Path(root) / "splits").is_dir()
+
+
+def split_names(root: str | Path, split: str) -> list[str] | None:
+    """The video names a split file lists, or None when the split does not exist."""
+    path = split_file(root, split)
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+
+
+def write_split(root: str | Path, split: str, names: list[str]) -> None:
+    """Write ROOT/splits/SPLIT.txt (atomically), one name per line."""
+    write_text(split_file(root, split), "".join(f"{name}\n" for name in names))
 
 
 def _find_video(root: Path, name: str, split_file: str) -> Path:
@@ -129,7 +164,7 @@ class VideoDataset:
         root = Path(root)
         if not root.is_dir():
             raise MVFormerError(f"{root}: dataset root does not exist or is not a folder")
-        split_path = root / "splits" / f"{split}.txt"
+        split_path = split_file(root, split)
         if not split_path.is_file():
             raise MVFormerError(f"{root}: split file splits/{split}.txt does not exist")
         names = _read_names(split_path, root, f"split file splits/{split}.txt", "videos")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mvformer.data.datasets import write_split
 from mvformer.data.video import write_video
 from mvformer.errors import MVFormerError
 
@@ -125,10 +126,48 @@ def _composite(canvas: np.ndarray, coverage: np.ndarray, rgb: np.ndarray) -> Non
     canvas += alpha * rgb
 
 
+def _camera_grid(rng: np.random.Generator, size: int, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scene coordinates of the pixel centres, x (T, 1, W) and y (T, H, 1), under camera jitter: a smooth sway
+    plus a little shake, at most 2 units, that moves the whole scene."""
+    sway = rng.uniform(0.0, 1.5, 2)[:, None] * np.sin(
+        2 * np.pi * rng.uniform(0.01, 0.08, 2)[:, None] * np.arange(num_frames) + rng.uniform(0, 2 * np.pi, 2)[:, None]
+    )
+    shift = np.clip(sway + rng.normal(0.0, 0.25, sway.shape), -2.0, 2.0).astype(np.float32)  # (2, T)
+    centres = (np.arange(size, dtype=np.float32) + 0.5) * (_UNIT / size)
+    return centres[None, None, :] - shift[0][:, None, None], centres[None, :, None] - shift[1][:, None, None]
+
+
+def _background(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """A desaturated base colour, a linear luminance gradient and low-frequency ripples: float (T, H, W, 3)."""
+    base = rng.uniform(70.0, 190.0) + rng.uniform(-20.0, 20.0, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    luminance = rng.uniform(-30.0, 30.0) * ((np.cos(angle) * xs + np.sin(angle) * ys) / _UNIT - 0.5)
+    for _ in range(3):
+        wave_angle, frequency = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 2.0) * 2 * np.pi / _UNIT
+        wave = np.cos(wave_angle) * xs + np.sin(wave_angle) * ys
+        luminance = luminance + rng.uniform(3.0, 8.0) * np.sin(frequency * wave + rng.uniform(0, 2 * np.pi))
+    return (base + luminance[..., None]).astype(np.float32)
+
+
+def _add_distractor(rng: np.random.Generator, canvas: np.ndarray, xs: np.ndarray, ys: np.ndarray, num_frames: int,
+                    pixel: float) -> None:
+    """A random shape drifting on a smooth random path, behind the entities (drawn into `canvas`)."""
+    time = np.arange(num_frames, dtype=np.float32)[:, None, None]  # (T, 1, 1)
+    radius = rng.uniform(3.0, 5.5)
+    cycles = rng.uniform(0.3, 1.5, 2) / num_frames
+    path_x = rng.uniform(10, 54) + rng.uniform(5, 20) * np.sin(2 * np.pi * cycles[0] * time + rng.uniform(0, 2 * np.pi))
+    path_y = rng.uniform(10, 54) + rng.uniform(5, 20) * np.sin(2 * np.pi * cycles[1] * time + rng.uniform(0, 2 * np.pi))
+    du, dv = xs - path_x, ys - path_y
+    if rng.random() < 0.5:
+        distractor = np.clip(0.5 - (np.sqrt(du * du + dv * dv) - radius) / pixel, 0.0, 1.0)
+    else:
+        distractor = _box_coverage(du, dv, radius * 0.85, radius * 0.85, pixel)
+    _composite(canvas, distractor, _DISTRACTOR_RGBS[rng.integers(len(_DISTRACTOR_RGBS))])
+
+
 def _render_video(rng: np.random.Generator, size: int, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """One random pouring video: uint8 frames (T, size, size, 3) and phase labels (T,)."""
     pixel = _UNIT / size
-    time = np.arange(num_frames, dtype=np.float32)[:, None, None]  # (T, 1, 1)
 
     cup_scale = rng.uniform(0.8, 1.2, 2)
     cup_half_w, cup_h = 8.0 * cup_scale[0], 16.0 * cup_scale[1]
@@ -144,36 +183,9 @@ def _render_video(rng: np.random.Generator, size: int, num_frames: int) -> tuple
     start = (rng.uniform(9.0, 18.0), rng.uniform(14.0, 46.0))
     timeline = _timeline(rng, num_frames, start, pour_at, max_tilt)
 
-    # Camera jitter: a smooth sway plus a little shake, at most 2 units, moves the whole scene.
-    sway = rng.uniform(0.0, 1.5, 2)[:, None] * np.sin(
-        2 * np.pi * rng.uniform(0.01, 0.08, 2)[:, None] * np.arange(num_frames) + rng.uniform(0, 2 * np.pi, 2)[:, None]
-    )
-    shift = np.clip(sway + rng.normal(0.0, 0.25, sway.shape), -2.0, 2.0).astype(np.float32)  # (2, T)
-    centres = (np.arange(size, dtype=np.float32) + 0.5) * pixel
-    xs = centres[None, None, :] - shift[0][:, None, None]  # (T, 1, W)
-    ys = centres[None, :, None] - shift[1][:, None, None]  # (T, H, 1)
-
-    # Background: a desaturated base colour, a linear luminance gradient and low-frequency ripples.
-    base = rng.uniform(70.0, 190.0) + rng.uniform(-20.0, 20.0, 3)
-    angle = rng.uniform(0, 2 * np.pi)
-    luminance = rng.uniform(-30.0, 30.0) * ((np.cos(angle) * xs + np.sin(angle) * ys) / _UNIT - 0.5)
-    for _ in range(3):
-        wave_angle, frequency = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 2.0) * 2 * np.pi / _UNIT
-        wave = np.cos(wave_angle) * xs + np.sin(wave_angle) * ys
-        luminance = luminance + rng.uniform(3.0, 8.0) * np.sin(frequency * wave + rng.uniform(0, 2 * np.pi))
-    canvas = (base + luminance[..., None]).astype(np.float32)  # (T, H, W, 3)
-
-    # Distractor: a random shape drifting on a smooth random path, behind the entities.
-    radius = rng.uniform(3.0, 5.5)
-    cycles = rng.uniform(0.3, 1.5, 2) / num_frames
-    path_x = rng.uniform(10, 54) + rng.uniform(5, 20) * np.sin(2 * np.pi * cycles[0] * time + rng.uniform(0, 2 * np.pi))
-    path_y = rng.uniform(10, 54) + rng.uniform(5, 20) * np.sin(2 * np.pi * cycles[1] * time + rng.uniform(0, 2 * np.pi))
-    du, dv = xs - path_x, ys - path_y
-    if rng.random() < 0.5:
-        distractor = np.clip(0.5 - (np.sqrt(du * du + dv * dv) - radius) / pixel, 0.0, 1.0)
-    else:
-        distractor = _box_coverage(du, dv, radius * 0.85, radius * 0.85, pixel)
-    _composite(canvas, distractor, _DISTRACTOR_RGBS[rng.integers(len(_DISTRACTOR_RGBS))])
+    xs, ys = _camera_grid(rng, size, num_frames)  # (T, 1, W), (T, H, 1)
+    canvas = _background(rng, xs, ys)  # (T, H, W, 3)
+    _add_distractor(rng, canvas, xs, ys, num_frames, pixel)
 
     # Cup: a U shape (outer box minus an inner box open at the top), liquid rising inside it.
     inner_half_w = cup_half_w - _CUP_WALL
@@ -225,7 +237,7 @@ def generate_pouring_dataset(root: str | Path, num_train: int = 48, num_val: int
     if num_train < 1 or num_val < 1:
         raise MVFormerError(f"pouring dataset: need at least one train and one val video, got {num_train}, {num_val}")
     root = Path(root)
-    for folder in ("videos", "labels", "splits"):
+    for folder in ("videos", "labels"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in phase_names))
     names = [f"pour_{index:03d}" for index in range(num_train + num_val)]
@@ -236,6 +248,6 @@ def generate_pouring_dataset(root: str | Path, num_train: int = 48, num_val: int
         write_video(root / "videos" / f"{name}.mp4", frames, fps=fps)
         rows = "".join(f"{frame},{phase_names[label]}\n" for frame, label in enumerate(labels))
         (root / "labels" / f"{name}.csv").write_text("frame,label\n" + rows)
-    (root / "splits" / "train.txt").write_text("".join(f"{name}\n" for name in names[:num_train]))
-    (root / "splits" / "val.txt").write_text("".join(f"{name}\n" for name in names[num_train:]))
+    write_split(root, "train", names[:num_train])
+    write_split(root, "val", names[num_train:])
     return root

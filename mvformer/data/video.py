@@ -6,7 +6,6 @@ PyAV traceback, because these paths come straight from the user's dataset.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,8 +17,10 @@ import av
 import numpy as np
 
 from mvformer.errors import MVFormerError
+from mvformer.files import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")  # containers looked for in folders
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 FrameIndices = Sequence[int] | np.ndarray
 
@@ -247,10 +248,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 25, keyframe_
     if num_frames == 0 or height % 2 or width % 2:
         raise MVFormerError(f"{path}: cannot write video (need at least one frame, even height and width; "
                             f"got {frames.shape})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        with av.open(str(temporary), mode="w") as container:
+        with atomic_path(path) as temporary, av.open(str(temporary), mode="w") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             # x264's macroblock tree makes the bitstream of small videos vary from run to run: turn it off.
@@ -258,8 +257,5 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 25, keyframe_
             for rgb in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
             container.mux(stream.encode(None))
-        os.replace(temporary, path)
     except av.FFmpegError as error:
         raise MVFormerError(f"{path}: cannot write video ({_reason(error)})") from None
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -1,35 +1,51 @@
 """Run a model over whole videos (every frame, no augmentation) and score the embeddings."""
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 import torch
 
 from mvformer.config import EvalConfig
-from mvformer.data.augment import augment_views, normalize
 from mvformer.data.datasets import VideoDataset
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.metrics import evaluate_embeddings
-from mvformer.model import MVFormer
+from mvformer.features.cache import FeatureCache
+from mvformer.model.mvformer import MVFormer
 from mvformer.progress import progress_bar
 
+CHUNK_FRAMES = 256  # frames through the backbone (or read from the cache) at once
 
-def prepare_frames(frames: np.ndarray, model: MVFormer, device: torch.device) -> torch.Tensor:
-    """uint8 (L, H, W, 3) -> normalised float (L, 3, S, S): centre crop, resize, backbone mean/std."""
-    video = torch.from_numpy(frames)[None]  # (1, L, H, W, 3)
-    resized = augment_views(video, None, model.config.data.image_size, None)[0]  # (L, 3, S, S)
-    return normalize(resized, model.backbone.mean, model.backbone.std).to(device)
+
+def _video_chunks(model: MVFormer, frames: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Backbone features (t, P, C), (t, C_cls) of consecutive chunks of decoded uint8 frames (L, H, W, 3)."""
+    for start in range(0, len(frames), CHUNK_FRAMES):
+        patches, cls = model.features(model.prepare(frames[start:start + CHUNK_FRAMES])[None])
+        yield patches[0], cls[0]
+
+
+def _cached_chunks(cache: FeatureCache, split: str, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Cached features of consecutive chunks of one video (the backbone replaced by reads)."""
+    num_frames = cache.records(split)[index].num_frames
+    for start in range(0, num_frames, CHUNK_FRAMES):
+        yield cache.features(split, index, np.arange(start, min(start + CHUNK_FRAMES, num_frames)))
 
 
 @torch.no_grad()
-def embed_dataset(model: MVFormer, dataset: VideoDataset, device: torch.device, desc: str = "embedding",
-                  chunk_size: int = 256, indices: list[int] | None = None) -> list[np.ndarray]:
-    """One (L, E) float32 array of L2-normalised embeddings per video of `dataset` (or of `indices`), in order."""
+def embed_split(model: MVFormer, dataset: VideoDataset, device: torch.device, cache: FeatureCache | None = None,
+                split: str = "val", desc: str = "embedding", indices: Sequence[int] | None = None) -> list[np.ndarray]:
+    """One (L, E) float32 array of L2-normalised embeddings per video of `dataset` (or of `indices`), in order:
+    from the feature cache's `split` when one is given, else decoded from the videos; both through
+    `MVFormer.embed_token_chunks`."""
+    if cache is not None and (model.backbone.patch_dim, model.backbone.cls_dim) != (cache.patch_dim, cache.cls_dim):
+        raise MVFormerError(f"{cache.folder}: cached tokens have {cache.patch_dim}/{cache.cls_dim} channels, the "
+                            f"model expects {model.backbone.patch_dim}/{model.backbone.cls_dim}")
     was_training = model.training
-    model.eval()
+    model.eval().to(device)
     embeddings = []
     for index in progress_bar(range(len(dataset)) if indices is None else indices, desc=desc, leave=False,
                               unit="video"):
-        frames = prepare_frames(dataset.frames(index), model, device)
-        embeddings.append(model.embed_video(frames, chunk_size).float().cpu().numpy())
+        chunks = _video_chunks(model, dataset.frames(index)) if cache is None else _cached_chunks(cache, split, index)
+        embeddings.append(model.embed_token_chunks(chunks).cpu().numpy())
     model.train(was_training)
     return embeddings
 
@@ -48,6 +64,6 @@ def score_embeddings(train_embs: list[np.ndarray], train_set: VideoDataset, val_
 def evaluate_model(model: MVFormer, train_set: VideoDataset, val_set: VideoDataset, cfg: EvalConfig,
                    device: torch.device) -> dict:
     """Embed both splits with `model` and score them."""
-    train_embs = embed_dataset(model, train_set, device, "embedding train")
-    val_embs = embed_dataset(model, val_set, device, "embedding val")
+    train_embs = embed_split(model, train_set, device, split="train", desc="embedding train")
+    val_embs = embed_split(model, val_set, device, split="val", desc="embedding val")
     return score_embeddings(train_embs, train_set, val_embs, val_set, cfg)

@@ -16,6 +16,7 @@ import numpy as np
 
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.metrics import CLASSIFIERS, TASKS, evaluate_embeddings
+from mvformer.progress import note as say
 
 SPLITS = ("train", "val")
 REQUIRED_ARRAYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("embs", "labels", "lens"))
@@ -156,7 +157,7 @@ def score_files(
     tasks: Sequence[str] | None = None,
     classifier: str = "logistic",
     num_classes: int | None = None,
-    note: Callable[[str], None] | None = None,
+    note: Callable[[str], None] = say,
 ) -> dict:
     """Score each file as one dataset: {"datasets": {name: metrics}, "mean": metrics averaged over datasets}.
 
@@ -184,9 +185,8 @@ def score_files(
                                          classifier=classifier)
         except MVFormerError as error:
             raise MVFormerError(f"{path}: {error}") from None
-        if note:
-            for line in _undefined_notes(path, scores, val_labels, stride):
-                note(line)
+        for line in _undefined_notes(path, scores, val_labels, stride):
+            note(line)
         datasets[name] = scores
     mean = {task: _mean([scores[task] for scores in datasets.values()]) for task in next(iter(datasets.values()))}
     return {"datasets": datasets, "mean": mean}

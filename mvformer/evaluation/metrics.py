@@ -1,8 +1,12 @@
 """The benchmark's four frame-embedding metrics: phase classification, phase progression, Kendall's tau, AP@K.
 
 Every metric takes per-video lists: embeddings, each (frames, D), and integer labels, each (frames,). A frame
-labelled < 0 is unlabelled and left out of every metric (removed before any stride is applied). The pairwise
-metrics (Kendall's tau, AP@K) are vectorised in float64 and work block by block so memory stays bounded.
+labelled < 0 is unlabelled and left out of every metric (removed before any stride is applied, and before the frames
+of a video are indexed for progression), as the published evaluation drops them when it embeds a video. The probes
+see the embeddings in float32, as the published model hands them over (float64 input is rounded to float32 first):
+the published code pins scikit-learn 0.24.2, whose LinearRegression fits float32 as float32 (the targets cast to
+it) and whose lbfgs LogisticRegression widens its input to float64, so each probe here is fitted in that precision.
+The pairwise metrics (Kendall's tau, AP@K) are vectorised in float64 and work block by block so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -11,10 +15,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.linear_model import LinearRegression
 
 from mvformer.errors import MVFormerError
-from mvformer.evaluation.probes import predict_classes, train_sgd_linear_probe
+from mvformer.evaluation.probes import (
+    fit_logistic_probe,
+    predict_classes,
+    train_sgd_linear_probe,
+)
 
 TASKS = ("classification", "progression", "kendalls_tau", "retrieval")
 # Phase-classification probes: scikit-learn's logistic regression, or FineGym's linear layer trained with SGD.
@@ -32,13 +40,15 @@ TAU_CANDIDATE_FRAMES = 4096
 TIE_RTOL = 1e-10
 
 
-def _as_videos(embs: Sequence, labels: Sequence | None, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Check shapes and convert to (float64 (frames, D), int64 (frames,)) pairs; no labels -> all frames labelled 0."""
+def _as_videos(
+    embs: Sequence, labels: Sequence | None, split: str, dtype: type = np.float64
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Check shapes and convert to (dtype (frames, D), int64 (frames,)) pairs; no labels -> all frames labelled 0."""
     if labels is not None and len(labels) != len(embs):
         raise MVFormerError(f"{split}: {len(embs)} embedding arrays but {len(labels)} label arrays")
     videos = []
     for index, emb in enumerate(embs):
-        frames = np.asarray(emb, dtype=np.float64)  # (frames, D)
+        frames = np.asarray(emb, dtype=dtype)  # (frames, D)
         if frames.ndim != 2:
             raise MVFormerError(f"{split} video {index}: embeddings must be (frames, D), got shape {frames.shape}")
         if videos and frames.shape[1] != videos[0][0].shape[1]:
@@ -91,13 +101,13 @@ def _stack_labelled(
     """Labelled frames of all videos stacked: (frames, D) and, per frame, its label or (num_classes given)
     its progression targets (frames, num_classes - 1)."""
     features, targets = [], []
-    for frames, frame_labels in videos:
+    for index, (frames, frame_labels) in enumerate(videos):
         labelled = frame_labels >= 0
         features.append(frames[labelled])
         if num_classes is None:
             targets.append(frame_labels[labelled])
         else:
-            targets.append(progression_targets(frame_labels, num_classes)[labelled])
+            targets.append(progression_targets(frame_labels, num_classes, video=f"{split} video {index}")[labelled])
     if not features or sum(len(f) for f in features) == 0:
         raise MVFormerError(f"{split}: no labelled frames (every label is < 0)")
     return np.concatenate(features), np.concatenate(targets)
@@ -113,14 +123,15 @@ def classification_accuracy(
 ) -> dict[float, float]:
     """Frame accuracy of a probe trained on the first fraction of the training videos.
 
-    classifier "logistic": LogisticRegression; if the selected training frames hold a single class it cannot be
-    fitted, and that class is then predicted for every validation frame. "sgd-linear": FineGym's SGD-trained
-    linear layer (probes.py) with one output per class up to the largest label seen in train or val.
+    classifier "logistic": the published multinomial logistic regression (probes.fit_logistic_probe), in float64
+    as scikit-learn 0.24.2 fitted it; if the selected training frames hold a single class it cannot be fitted, and
+    that class is then predicted for every validation frame. "sgd-linear": FineGym's SGD-trained linear layer
+    (probes.py) with one output per class up to the largest label seen in train or val.
     """
     if classifier not in CLASSIFIERS:
         raise MVFormerError(f"unknown classifier {classifier!r}; choose from {list(CLASSIFIERS)}")
-    train = _as_videos(train_embs, train_labels, "train")
-    val_features, val_classes = _stack_labelled(_as_videos(val_embs, val_labels, "val"), "val")
+    train = _as_videos(train_embs, train_labels, "train", np.float32)
+    val_features, val_classes = _stack_labelled(_as_videos(val_embs, val_labels, "val", np.float32), "val")
     accuracies = {}
     for fraction in fractions:
         selected = train[: _num_train_videos(fraction, len(train))]
@@ -131,27 +142,38 @@ def classification_accuracy(
         elif np.unique(classes).size == 1:
             predicted = np.full_like(val_classes, classes[0])
         else:
-            probe = LogisticRegression(max_iter=100000, solver="lbfgs").fit(features, classes)
-            predicted = probe.predict(val_features)
+            probe = fit_logistic_probe(features.astype(np.float64), classes)
+            predicted = probe.predict(val_features.astype(np.float64))
         accuracies[fraction] = float(np.mean(predicted == val_classes))
     return accuracies
 
 
-def progression_targets(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
-    """Phase-progression regression targets of one video, (frames, num_classes - 1).
+def progression_targets(
+    labels: Sequence[int] | np.ndarray, num_classes: int, *, video: str = "video"
+) -> np.ndarray:
+    """The published phase-progression regression targets of one video, (frames, num_classes - 1), float64.
 
-    Column c is (t - b_c) / L: t the frame index, L the video length, b_c the last labelled frame whose label is
-    <= c (the end of phase c when it is present), or -1 when there is none. Unlabelled frames still count in t, L.
+    Unlabelled frames (label < 0) are dropped and the rest re-indexed: t is a frame's index among the L labelled
+    frames, and column c is (t - b_c) / L with b_c the index of the last labelled frame whose label equals c.
+    Unlabelled frames get NaN rows, so `targets[labels >= 0]` are the targets of the labelled frames in order.
+    Every phase c < num_classes - 1 must appear in a video with labelled frames: the published code fails there
+    (IndexError), so a missing phase raises an MVFormerError naming `video` and the phase.
     """
     labels = np.asarray(labels).astype(np.int64, copy=False)  # (frames,)
-    length = len(labels)
-    positions = np.arange(length)
     labelled = labels >= 0
-    targets = np.empty((length, max(num_classes - 1, 0)))  # (frames, C - 1)
-    for phase in range(num_classes - 1):
-        up_to_phase = np.flatnonzero(labelled & (labels <= phase))
-        boundary = up_to_phase[-1] if up_to_phase.size else -1
-        targets[:, phase] = (positions - boundary) / length
+    kept = labels[labelled]  # (L,)
+    is_phase = kept[:, None] == np.arange(max(num_classes - 1, 0))  # (L, C - 1)
+    targets = np.full((len(labels), is_phase.shape[1]), np.nan)  # (frames, C - 1)
+    if not kept.size:
+        return targets
+    present = is_phase.any(axis=0)  # (C - 1,)
+    if not present.all():
+        raise MVFormerError(
+            f"{video}: no frame of phase {np.flatnonzero(~present)[0]}; progression needs every phase but the last "
+            f"(0..{num_classes - 2}) in every labelled video, as the published evaluation does"
+        )
+    boundaries = len(kept) - 1 - np.argmax(is_phase[::-1], axis=0)  # (C - 1,): last index of each phase
+    targets[labelled] = (np.arange(len(kept))[:, None] - boundaries) / len(kept)
     return targets
 
 
@@ -163,14 +185,15 @@ def phase_progression(
     num_classes: int,
     fractions: Sequence[float] = (0.1, 0.5, 1.0),
 ) -> dict[float, float | None]:
-    """Mean validation R^2 of one linear regression per phase boundary, trained on the first fraction of the
-    training videos; None per fraction when num_classes < 2 (no boundaries)."""
+    """Mean validation R^2 of one linear regression per phase boundary (progression_targets), trained on the
+    first fraction of the training videos, in float32 as published; None per fraction when num_classes < 2."""
     if num_classes < 2:
         for fraction in fractions:
             _check_fraction(fraction)
         return {fraction: None for fraction in fractions}
-    train = _as_videos(train_embs, train_labels, "train")
-    val_features, val_targets = _stack_labelled(_as_videos(val_embs, val_labels, "val"), "val", num_classes)
+    train = _as_videos(train_embs, train_labels, "train", np.float32)
+    val_videos = _as_videos(val_embs, val_labels, "val", np.float32)
+    val_features, val_targets = _stack_labelled(val_videos, "val", num_classes)  # (frames, D), (frames, C - 1)
     scores = {}
     for fraction in fractions:
         selected = train[: _num_train_videos(fraction, len(train))]

@@ -1,7 +1,8 @@
-"""FineGym's phase-classification probe: a linear layer trained with SGD on frame embeddings (PROTOCOL.md).
+"""The phase-classification probes (PROTOCOL.md): the published multinomial logistic regression, and FineGym's linear
+layer trained with SGD on frame embeddings.
 
-Unlike the logistic-regression probe, it is trained in mini-batches of whole videos, as in the benchmark, and
-its last-epoch weights are used (no model selection on validation data).
+Unlike the logistic-regression probe, the SGD probe is trained in mini-batches of whole videos, as in the benchmark,
+and its last-epoch weights are used (no model selection on validation data).
 """
 
 from __future__ import annotations
@@ -10,9 +11,29 @@ import math
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from mvformer.errors import MVFormerError
+
+# The published probe: LogisticRegression(solver="lbfgs", multi_class="multinomial", max_iter=100000), C = 1.
+LOGISTIC_C = 1.0
+LOGISTIC_MAX_ITER = 100000
+
+
+def fit_logistic_probe(features: np.ndarray, classes: np.ndarray) -> LogisticRegression:
+    """The published multinomial (softmax) logistic regression of `classes` (frames,) on `features` (frames, D).
+
+    scikit-learn >= 1.7 fits two classes as one sigmoid, whatever the options. A 2-class softmax with logits
+    (w0.x + b0, w1.x + b1) and penalty ||W||^2 / 2 has its optimum at w0 = -w1, where the penalty is |w1 - w0|^2 / 4:
+    the objective C * sum(log-loss) + |d|^2 / 4 in d = w1 - w0 is half the sigmoid's with 2C. So two classes are
+    fitted as a sigmoid with C doubled: the same decision function, hence the same predictions. Two or more classes
+    needed (sklearn's own error otherwise). Pass float64 features to fit as published: the scikit-learn the published
+    code pins (0.24.2) widens any input of lbfgs to float64, where recent versions (1.9) fit float32 in float32.
+    """
+    num_classes = np.unique(classes).size
+    strength = 2 * LOGISTIC_C if num_classes == 2 else LOGISTIC_C
+    return LogisticRegression(C=strength, max_iter=LOGISTIC_MAX_ITER, solver="lbfgs").fit(features, classes)
 
 
 def train_sgd_linear_probe(

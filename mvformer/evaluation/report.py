@@ -2,21 +2,21 @@
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mvformer.checkpoint import model_from_checkpoint
 from mvformer.config import Config
-from mvformer.data.datasets import VideoDataset
+from mvformer.data.datasets import VideoDataset, is_generic_root
 from mvformer.data.formats import open_dataset, penn_action_actions
 from mvformer.errors import MVFormerError
-from mvformer.evaluation.embed import embed_dataset
+from mvformer.evaluation.embed import embed_split
 from mvformer.evaluation.embeddings_io import format_table, score_files
-from mvformer.features import embed_cached_split, open_feature_cache
-from mvformer.model import MVFormer
-from mvformer.train import model_from_checkpoint, resolve_device
+from mvformer.features.cache import open_feature_cache
+from mvformer.model.mvformer import MVFormer
+from mvformer.runtime import resolve_device
 from mvformer.viz import plot_alignment
 
 
@@ -41,7 +41,7 @@ def evaluation_datasets(config: Config, data_roots: list[str] | None) -> list[tu
     """
     datasets = []
     for root in [Path(root) for root in (data_roots or [config.data.root])]:
-        format = "generic" if (root / "splits").is_dir() else config.data.format
+        format = "generic" if is_generic_root(root) else config.data.format
         subset = None if format == "generic" else config.data.subset
         if format == "penn_action" and subset is None:
             datasets += [(action, (root, format, action)) for action in penn_action_actions(root)]
@@ -56,13 +56,10 @@ def _embed_splits(model: MVFormer, name: str, root_format_subset: tuple[Path, st
     root, format, subset = root_format_subset
     data = dataclasses.replace(model.config.data, root=str(root), format=format, subset=subset)
     cache = open_feature_cache(dataclasses.replace(model.config, data=data), datasets={"train": train_set,
-                                                                                       "val": val_set},
-                               note=lambda line: print(f"mvformer: {line}", file=sys.stderr))
-    if cache is None:
-        return tuple(embed_dataset(model, dataset, device, f"embedding {name} {split}")
-                     for split, dataset in (("train", train_set), ("val", val_set)))
-    return tuple(embed_cached_split(model, cache, split, device, desc=f"embedding {name} {split} (cached)")
-                 for split in ("train", "val"))
+                                                                                       "val": val_set})
+    cached = " (cached)" if cache is not None else ""
+    return tuple(embed_split(model, dataset, device, cache, split, f"embedding {name} {split}{cached}")
+                 for split, dataset in (("train", train_set), ("val", val_set)))
 
 
 def evaluate_checkpoint(checkpoint: str, data_roots: list[str] | None = None, out_dir: str | None = None) -> dict:

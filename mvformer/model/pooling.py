@@ -8,9 +8,12 @@ vector linearly to N tokens: the same width as LSTP without any spatial entity s
 import torch
 from torch import nn
 
+from mvformer.config import PoolingName, check_registry
+
 
 class SpatialTokenPooling(nn.Module):
-    """N learned queries cross-attend (single head, width `dim`) to the patch tokens of each frame.
+    """N learned queries (own vectors plus one shared bias) cross-attend (single head, width `dim`) to the patch
+    tokens of each frame.
 
     keys = W_k x + b_k and values = W_v x + b_v are linear maps of the patch tokens x (the CLS token is
     not a key). Computed in the cheap order: the query is pulled back into patch space (q W_k), so
@@ -24,13 +27,21 @@ class SpatialTokenPooling(nn.Module):
         super().__init__()
         self.num_tokens = num_tokens
         self.out_dim = dim
-        self.queries = nn.Parameter(torch.randn(num_tokens, dim) * dim**-0.5)
+        # The published init: the queries as a (1, N, dim) tensor under nn.Linear's weight init, whose fan-in
+        # is N * dim, and one bias shared by all tokens, U(+-1 / sqrt(N * dim)); both bounds are 1 / sqrt(N * dim).
+        bound = (num_tokens * dim) ** -0.5
+        self.queries = nn.Parameter(torch.empty(num_tokens, dim).uniform_(-bound, bound))
+        self.query_bias = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
         self.key = nn.Linear(in_dim, dim)
         self.key.bias.requires_grad_(False)  # kept for weight compatibility; it cancels in the softmax
         self.value = nn.Linear(in_dim, dim)
 
+    def query_vectors(self) -> torch.Tensor:
+        """The N queries, each its own vector plus the bias they share: (N, dim)."""
+        return self.queries + self.query_bias
+
     def _patch_space_queries(self) -> torch.Tensor:
-        return self.queries @ self.key.weight  # (N, C)
+        return self.query_vectors() @ self.key.weight  # (N, C)
 
     def attention(self, patches: torch.Tensor) -> torch.Tensor:
         """Attention of each query over the patches, (F, N, P); every row sums to one."""
@@ -89,17 +100,18 @@ class FixedWidthPooling(nn.Module):
         return self.expand(cls).view(cls.shape[0], self.num_tokens, self.out_dim)  # (F, N, dim)
 
 
-POOLINGS = ("lstp", "cls", "max", "avg", "fixed_width")
+POOLINGS = {  # name -> builder(patch_dim, cls_dim, num_tokens, dim)
+    "lstp": lambda patch_dim, cls_dim, num_tokens, dim: SpatialTokenPooling(patch_dim, num_tokens, dim),
+    "cls": lambda patch_dim, cls_dim, num_tokens, dim: ClsPooling(cls_dim),
+    "max": lambda patch_dim, cls_dim, num_tokens, dim: PatchPooling(patch_dim, "max"),
+    "avg": lambda patch_dim, cls_dim, num_tokens, dim: PatchPooling(patch_dim, "avg"),
+    "fixed_width": lambda patch_dim, cls_dim, num_tokens, dim: FixedWidthPooling(cls_dim, num_tokens, dim),
+}
+check_registry(PoolingName, POOLINGS)
 
 
 def build_pooling(kind: str, patch_dim: int, cls_dim: int, num_tokens: int, dim: int) -> nn.Module:
     """The pooler named `kind` (one of POOLINGS) for backbone features of the given widths."""
-    if kind == "lstp":
-        return SpatialTokenPooling(patch_dim, num_tokens, dim)
-    if kind == "cls":
-        return ClsPooling(cls_dim)
-    if kind in ("max", "avg"):
-        return PatchPooling(patch_dim, kind)
-    if kind == "fixed_width":
-        return FixedWidthPooling(cls_dim, num_tokens, dim)
-    raise ValueError(f"unknown pooling {kind!r}; choose one of {', '.join(POOLINGS)}")
+    if kind not in POOLINGS:
+        raise ValueError(f"unknown pooling {kind!r}; choose one of {', '.join(POOLINGS)}")
+    return POOLINGS[kind](patch_dim, cls_dim, num_tokens, dim)

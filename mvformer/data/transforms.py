@@ -10,49 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mvformer.config import AugmentConfig
 from mvformer.errors import MVFormerError
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 CROP_ATTEMPTS = 10
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Probabilities and strengths of the training augmentation; `enabled=False` means evaluation."""
-
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.8
-    contrast: float = 0.8
-    saturation: float = 0.8
-    hue: float = 0.2
-    grayscale_p: float = 0.2
-    blur_p: float = 0.4
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise MVFormerError(f"augment {name} must be a probability in [0, 1], got {getattr(self, name)}")
-        for name in ("brightness", "contrast", "saturation"):
-            if getattr(self, name) < 0:
-                raise MVFormerError(f"augment {name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise MVFormerError(f"augment hue must be in [0, 0.5], got {self.hue}")
-        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
-            low, high = getattr(self, name)
-            if not 0 < low <= high:
-                raise MVFormerError(f"augment {name} must be (low, high) with 0 < low <= high, got {(low, high)}")
-        if self.crop_scale[1] > 1:
-            raise MVFormerError(f"augment crop_scale cannot exceed 1, got {self.crop_scale}")
+BLUR_KERNEL_SIZE = (5, 9)  # (width, height): torchvision's GaussianBlur(kernel_size=(5, 9)) of the published recipe
 
 
 def augment_views(
@@ -82,6 +50,9 @@ def augment_views(
         no_flip = torch.zeros(num_views, dtype=torch.bool, device=frames.device)
         return _crop_resize(images, *_centre_box(height, width, side, side), flip=no_flip, out_size=out_size)
 
+    if params.blur_p > 0 and out_size <= BLUR_KERNEL_SIZE[1] // 2:
+        raise MVFormerError(f"augment: Gaussian blur with a {BLUR_KERNEL_SIZE[0]} x {BLUR_KERNEL_SIZE[1]} kernel "
+                            f"needs an output size of at least {BLUR_KERNEL_SIZE[1] // 2 + 1}, got {out_size}")
     generators = [generator] if isinstance(generator, torch.Generator) or generator is None else list(generator)
     if not generators or num_views % len(generators):
         raise MVFormerError(f"{num_views} views cannot be split evenly over {len(generators)} generators")
@@ -91,7 +62,7 @@ def augment_views(
     views = _crop_resize(images, *crop_box, flip=draws["flip"], out_size=out_size)  # (V, T, 3, S, S)
     views = _color_jitter(views, draws)
     views = torch.where(_per_view(draws["grayscale"]), _grayscale(views).expand_as(views), views)
-    views = _gaussian_blur(views, draws["blur_sigma"], draws["blur"], _blur_kernel_size(out_size))
+    views = _gaussian_blur(views, draws["blur_sigma"], draws["blur"])
     return views.clamp_(0.0, 1.0)
 
 
@@ -173,7 +144,8 @@ def _crop_boxes(
 
     Each view takes its first attempt (of crop_area/crop_aspect, (V, attempts)) that fits in the
     image, placed at the given fractions of the free room; views with no fitting attempt fall
-    back to the largest centred crop whose aspect ratio lies within ratio_range.
+    back to the largest centred crop whose aspect ratio lies within ratio_range (torchvision's
+    RandomResizedCrop fallback, e.g. the central 480 x 360 of a 640 x 360 frame).
     """
     attempt_widths = torch.round(torch.sqrt(crop_area * crop_aspect)).long()  # (V, attempts)
     attempt_heights = torch.round(torch.sqrt(crop_area / crop_aspect)).long()
@@ -272,30 +244,47 @@ def _color_jitter(views: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.
     return hsv_to_rgb(torch.stack((hue, sat, value), dim=-3))
 
 
-def _blur_kernel_size(out_size: int) -> int:
-    """About 10% of the output side, odd, at least 3."""
-    size = max(3, int(0.1 * out_size))
-    return size if size % 2 == 1 else size + 1
+def _gaussian_kernels(size: int, sigma: torch.Tensor) -> torch.Tensor:
+    """Normalised 1-D Gaussians over offsets -(size-1)/2 .. (size-1)/2, one per sigma: (len(sigma), size).
+
+    torchvision's `_get_gaussian_kernel1d`, for each view's sigma at once.
+    """
+    offsets = torch.arange(size, dtype=sigma.dtype, device=sigma.device) - (size - 1) / 2
+    gaussian = torch.exp(-0.5 * (offsets / sigma.unsqueeze(1)) ** 2)  # (V, size)
+    return gaussian / gaussian.sum(dim=1, keepdim=True)
 
 
-def _gaussian_blur(views: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Separable Gaussian blur of (V, T, 3, S, S) with one sigma per view; views not in `apply` are kept.
+def _gaussian_blur(views: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """torchvision's GaussianBlur(kernel_size=(5, 9)) of (V, T, 3, S, S), one sigma per view for both axes;
+    views not in `apply` are kept.
 
-    Only the views drawn for blurring are convolved: one grouped convolution covers every
-    (view, frame, channel) plane of them. Borders are reflected, so a constant image stays constant.
+    The 2-D kernel is the outer product of a 9-tap vertical and a 5-tap horizontal Gaussian, applied as two
+    1-D convolutions to the reflect-padded planes (torchvision pads reflect, 2 columns and 4 rows each side).
+    Only the views drawn for blurring are convolved: one grouped convolution covers every (view, frame,
+    channel) plane of them.
     """
     if not bool(apply.any()):
         return views
     chosen = apply.nonzero().squeeze(1)  # (V_blur,)
     blurred_views = views[chosen]  # (V_blur, T, 3, S, S)
     num_views, num_steps, channels, height, width = blurred_views.shape
-    offsets = torch.arange(kernel_size, dtype=views.dtype, device=views.device) - kernel_size // 2
-    gaussian = torch.exp(-0.5 * (offsets / sigma[chosen].to(views.dtype).unsqueeze(1)) ** 2)  # (V_blur, K)
-    kernels = (gaussian / gaussian.sum(dim=1, keepdim=True)).repeat_interleave(num_steps * channels, dim=0)
+    kernel_width, kernel_height = BLUR_KERNEL_SIZE
+    view_sigma = sigma[chosen].to(views.dtype)
+    repeats = num_steps * channels
+    horizontal = _gaussian_kernels(kernel_width, view_sigma).repeat_interleave(repeats, dim=0)  # (planes, kw)
+    vertical = _gaussian_kernels(kernel_height, view_sigma).repeat_interleave(repeats, dim=0)  # (planes, kh)
 
-    planes = num_views * num_steps * channels
-    pad = kernel_size // 2
-    flat = F.pad(blurred_views.reshape(1, planes, height, width), (pad, pad, pad, pad), mode="reflect")
-    flat = F.conv2d(flat, kernels.view(planes, 1, 1, kernel_size), groups=planes)
-    flat = F.conv2d(flat, kernels.view(planes, 1, kernel_size, 1), groups=planes)
+    planes = num_views * repeats
+    pad_x, pad_y = kernel_width // 2, kernel_height // 2
+    flat = F.pad(blurred_views.reshape(1, planes, height, width), (pad_x, pad_x, pad_y, pad_y), mode="reflect")
+    flat = F.conv2d(flat, horizontal.view(planes, 1, 1, kernel_width), groups=planes)
+    flat = F.conv2d(flat, vertical.view(planes, 1, kernel_height, 1), groups=planes)
     return views.index_copy(0, chosen, flat.view(num_views, num_steps, channels, height, width))
+
+
+def prepare_frames(frames: torch.Tensor | np.ndarray, image_size: int, mean: Sequence[float],
+                   std: Sequence[float]) -> torch.Tensor:
+    """The one evaluation-time frame preparation (evaluation, feature cache, own-video commands):
+    uint8 (L, H, W, 3) -> normalised float (L, 3, S, S): centre square crop, resize, mean/std."""
+    video = torch.as_tensor(frames)[None]  # (1, L, H, W, 3)
+    return normalize(augment_views(video, None, image_size, None)[0], mean, std)

@@ -1,5 +1,7 @@
 """Time encoding and the transformer encoder that attends over all entity tokens of a clip jointly."""
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +26,11 @@ def sinusoidal_time_encoding(num_frames: int, dim: int, train_len: int | None = 
 
 
 class EncoderLayer(nn.Module):
-    """Pre-norm transformer layer: x + Drop(MHA(LN(x))), then x + Drop(FFN(LN(x)))."""
+    """Pre-norm transformer layer: x + Drop(MHA(LN(x))), then x + Drop(FFN(LN(x))).
+
+    Initialised as published: xavier-uniform on every weight matrix, with the fused `qkv` map initialised as
+    the three separate (dim, dim) Q, K and V matrices it stands for; biases and norms keep torch's defaults.
+    """
 
     def __init__(self, dim: int, num_heads: int, ff_dim: int, dropout: float):
         super().__init__()
@@ -37,6 +43,8 @@ class EncoderLayer(nn.Module):
         self.ff_norm = nn.LayerNorm(dim)
         self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.ReLU(), nn.Linear(ff_dim, dim))
         self.dropout = nn.Dropout(dropout)
+        for matrix in (*self.qkv.weight.chunk(3, dim=0), self.out.weight, self.ff[0].weight, self.ff[2].weight):
+            nn.init.xavier_uniform_(matrix)
 
     def forward(self, x: torch.Tensor, attend: torch.Tensor | None) -> torch.Tensor:
         """x (B, S, H); attend (B, 1, 1, S) bool, True where a key may be attended to."""
@@ -49,7 +57,10 @@ class EncoderLayer(nn.Module):
 
 
 class TemporalEncoder(nn.Module):
-    """Time encoding plus a stack of encoder layers over tokens x frames, padding masked as keys."""
+    """Time encoding plus a stack of encoder layers over tokens x frames, padding masked as keys.
+
+    The layers start as copies of one initialised layer, as the published encoder does.
+    """
 
     def __init__(self, dim: int, num_layers: int, num_heads: int, ff_dim: int, dropout: float,
                  train_len: int, time_encoding: str = "sinusoidal"):
@@ -58,10 +69,8 @@ class TemporalEncoder(nn.Module):
         self.train_len = train_len
         self.time_encoding = time_encoding
         self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(EncoderLayer(dim, num_heads, ff_dim, dropout) for _ in range(num_layers))
-        for param in self.layers.parameters():
-            if param.dim() > 1:
-                nn.init.xavier_uniform_(param)
+        layer = EncoderLayer(dim, num_heads, ff_dim, dropout)
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
     def forward(self, tokens: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T, N, H), masks (B, T) of 0/1 -> (B, T, N, H); all N x T tokens attend jointly."""

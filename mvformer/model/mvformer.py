@@ -4,14 +4,19 @@ The same class is the late-fusion (CARL-style) baseline and the fixed-width base
 pooler changes (`model.pooling`), everything after it is shared.
 """
 
+from collections.abc import Iterable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvformer.backbone import FrozenBackbone, build_backbone
-from mvformer.config import Config, ModelConfig
-from mvformer.pooling import build_pooling
-from mvformer.temporal import TemporalEncoder
+from mvformer.config import BackboneConfig, Config, ModelConfig
+from mvformer.data.transforms import prepare_frames
+from mvformer.errors import MVFormerError
+from mvformer.model.backbone import FrozenBackbone, build_backbone
+from mvformer.model.pooling import build_pooling
+from mvformer.model.temporal import TemporalEncoder
 
 
 def fc_stack(in_dim: int, widths: list[int], dropout: float) -> nn.Sequential:
@@ -93,16 +98,26 @@ class EmbeddingHead(nn.Module):
 
 
 class MVFormer(nn.Module):
-    """Frozen backbone + trainable head; `forward` maps frames to L2-normalised frame embeddings."""
+    """Frozen backbone + trainable head; `forward` maps frames to L2-normalised frame embeddings.
 
-    def __init__(self, config: Config, backbone: FrozenBackbone | None = None):
+    The model knows its own sizes only: the square input `image_size` and `train_len`, the clip length its time
+    encoding was trained over. `build_model` makes one from a run's whole `Config` and keeps that as `.config`.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, backbone_cfg: BackboneConfig, image_size: int, train_len: int,
+                 backbone: FrozenBackbone | None = None):
         super().__init__()
-        self.config = config
-        self.backbone = backbone or build_backbone(
-            config.backbone.name, config.backbone.blocks, path=config.backbone.path,
-            image_size=config.data.image_size, chunk_size=config.backbone.chunk_size)
-        self.head = EmbeddingHead(config.model, self.backbone.patch_dim, self.backbone.cls_dim, config.data.clip_len)
-        self.projection = ProjectionHead(config.model.embedding_size, config.model.projection_size)
+        self.image_size = image_size
+        self.backbone = backbone or build_backbone(backbone_cfg.name, backbone_cfg.blocks, path=backbone_cfg.path,
+                                                   image_size=image_size, chunk_size=backbone_cfg.chunk_size)
+        self.head = EmbeddingHead(model_cfg, self.backbone.patch_dim, self.backbone.cls_dim, train_len)
+        self.projection = ProjectionHead(model_cfg.embedding_size, model_cfg.projection_size)
+        self.config: Config | None = None
+
+    def prepare(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 frames (L, H, W, 3) -> the normalised model input (L, 3, S, S) on the model's device."""
+        device = next(self.head.parameters()).device
+        return prepare_frames(frames, self.image_size, self.backbone.mean, self.backbone.std).to(device)
 
     def features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B, T, 3, S, S) normalised -> patch tokens (B, T, P, C), CLS (B, T, C_cls); no gradient."""
@@ -124,38 +139,57 @@ class MVFormer(nn.Module):
         return self.embed_features(patches, cls, masks, project)
 
     @torch.no_grad()
-    def embed_video(self, frames: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
-        """A whole video, frames (L, 3, S, S) normalised -> (L, E) L2-normalised embeddings.
+    def pool_chunks(self, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Backbone features of consecutive chunks of one video, patches (t, P, C) and CLS (t, C_cls) each ->
+        the whole video's entity tokens (1, L, N, D). Pooling runs chunk by chunk, so only the small entity tokens
+        of the whole video are ever held at once."""
+        dtype, device = self.head.embed.weight.dtype, self.head.embed.weight.device
+        tokens = [self.head.pooled_tokens(patches.to(device, dtype)[None], cls.to(device, dtype)[None])
+                  for patches, cls in chunks]  # (1, t, N, D) each
+        if not tokens:
+            raise ValueError("pool_chunks needs at least one chunk of frames")
+        return torch.cat(tokens, dim=1)
 
-        Backbone and pooling run chunk by chunk, so only the small entity tokens of the whole video are
-        held at once; the temporal encoder then sees every frame, its time encoding interpolated over
-        the training length (PROTOCOL.md).
-        """
-        tokens = []
-        for start in range(0, frames.shape[0], chunk_size):
-            patches, cls = self.features(frames[None, start:start + chunk_size])
-            tokens.append(self.head.pooled_tokens(patches, cls))  # (1, chunk, N, D)
-        embs = self.head.encode_tokens(torch.cat(tokens, dim=1))
-        return F.normalize(embs, dim=-1)[0]
+    @torch.no_grad()
+    def encode_pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A whole video's entity tokens (1, L, N, D) -> (L, E) float32 L2-normalised embeddings: the temporal
+        encoder sees every frame, its time encoding interpolated over the training length (PROTOCOL.md)."""
+        return F.normalize(self.head.encode_tokens(tokens), dim=-1)[0].float()
+
+    def embed_token_chunks(self, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The one whole-video embedding, used for videos (`embed_video`), the feature cache and the own-video
+        commands alike: backbone features of consecutive chunks -> (L, E) L2-normalised embeddings."""
+        return self.encode_pooled(self.pool_chunks(chunks))
+
+    def embed_video(self, frames: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+        """A whole video, frames (L, 3, S, S) normalised -> (L, E) L2-normalised embeddings, chunk by chunk."""
+        return self.embed_token_chunks(
+            tuple(part[0] for part in self.features(frames[None, start:start + chunk_size]))
+            for start in range(0, frames.shape[0], chunk_size))
 
     def trainable_state_dict(self) -> dict:
         """Weights of the head and projection only: the frozen backbone is rebuilt from its config."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
-    def load_trainable_state_dict(self, state: dict) -> None:
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("backbone.")]
+    def load_trainable_state_dict(self, state: dict, source: str = "weights") -> None:
+        """Load head weights, or one MVFormerError naming `source` and the first missing, unexpected or misshapen
+        tensor (the one check of whether stored weights fit a config)."""
+        expected = self.trainable_state_dict()
+        missing = [key for key in expected if key not in state]
+        unexpected = [key for key in state if key not in expected]
         if missing or unexpected:
-            raise ValueError(f"weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise MVFormerError(f"{source}: weights do not fit the stored config ({len(missing)} missing, e.g. "
+                                f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")
+        for key, value in expected.items():
+            if not isinstance(state[key], torch.Tensor) or state[key].shape != value.shape:
+                shape = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
+                raise MVFormerError(f"{source}: weights do not fit the stored config ('{key}' has shape {shape}, "
+                                    f"the config builds {tuple(value.shape)})")
+        self.load_state_dict(state, strict=False)
 
-    def save_pretrained(self, directory, metrics: dict | None = None, data: str | None = None,
-                        overwrite: bool = False):
-        """Write config.json, model.safetensors and a README.md model card to `directory` (no pickle)."""
-        from mvformer.pretrained import save_pretrained
-        return save_pretrained(self, directory, metrics=metrics, data=data, overwrite=overwrite)
 
-    @classmethod
-    def from_pretrained(cls, directory, backbone: FrozenBackbone | None = None) -> "MVFormer":
-        """A model written by `save_pretrained`, in eval mode; the backbone is rebuilt from the config."""
-        from mvformer.pretrained import load_pretrained
-        return load_pretrained(directory, backbone)
+def build_model(config: Config, backbone: FrozenBackbone | None = None) -> MVFormer:
+    """The model a run's config describes (input size from data.image_size, time encoding over data.clip_len)."""
+    model = MVFormer(config.model, config.backbone, config.data.image_size, config.data.clip_len, backbone)
+    model.config = config
+    return model

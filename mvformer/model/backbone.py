@@ -2,7 +2,9 @@
 
 All backbones share the `FrozenBackbone` interface: normalised frames (F, 3, H, W) in, patch tokens
 (F, P, patch_dim) and CLS (F, cls_dim) out, computed without gradients and in chunks of frames.
-Build one by name with `build_backbone`; nothing here downloads weights.
+Build one by name with `build_backbone`; nothing here downloads weights. Weights come from a local transformers
+`save_pretrained` folder or, for "vit" and "resnet50", from an original DINO / timm / torchvision weights file
+(mapped in memory by `mvformer.model.weights`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Dinov2Model, Dinov2WithRegistersModel, PreTrainedModel, ViTConfig, ViTModel
+from transformers import (
+    Dinov2Model,
+    Dinov2WithRegistersModel,
+    PreTrainedModel,
+    ResNetModel,
+    ViTConfig,
+    ViTModel,
+)
 
+from mvformer.config import BackboneName, check_registry
 from mvformer.errors import MVFormerError
+from mvformer.model.weights import describe, is_weights_file, load_backbone_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -159,6 +170,53 @@ class PixelPatchBackbone(FrozenBackbone):
         return patch_tokens, patch_tokens.mean(dim=1)
 
 
+class ResNetBackbone(FrozenBackbone):
+    """A Hugging Face ResNetModel truncated after the deepest chosen stage (the ResNet-50 ablation).
+
+    `blocks` are 0-based stage indices: 0..3 for ResNet-50 (torchvision's layer1..layer4, 256..2048 channels);
+    [3] is the last stage, whose 2048 x 7 x 7 map at 224 px the published ablation uses. Patch tokens are the chosen
+    stages' feature maps, each average-pooled to the deepest chosen stage's grid (an exact 2^k x 2^k mean at
+    224 px), flattened row-major and concatenated along channels. The CLS is the global average of the deepest
+    chosen stage's map: the model's `pooler_output` when that stage is the last one.
+    """
+
+    def __init__(self, model: ResNetModel, blocks: list[int], image_size: int, chunk_size: int = 64,
+                 source: str = ""):
+        super().__init__(image_size, chunk_size)
+        config = model.config
+        stages = model.encoder.stages
+        _check_blocks(blocks, len(stages), source or "resnet backbone")
+        self.blocks = tuple(blocks)
+        self.embedder = model.embedder
+        self.stages = stages[: max(blocks) + 1]  # only the stages the chosen blocks need
+        side = _resnet_side(image_size, max(blocks), config.downsample_in_first_stage)
+        self.grid = (side, side)
+        self.patch_dim = sum(config.hidden_sizes[i] for i in blocks)
+        self.cls_dim = config.hidden_sizes[max(blocks)]
+        self._freeze()
+
+    def _encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = self.embedder.embedder.convolution.weight.dtype
+        hidden = self.embedder(frames.to(dtype))  # (f, C_stem, S/4, S/4)
+        stage_maps = []
+        for stage in self.stages:
+            hidden = stage(hidden)  # (f, C_s, h_s, w_s)
+            stage_maps.append(hidden)
+        pooled = [F.adaptive_avg_pool2d(stage_maps[i], self.grid) for i in self.blocks]  # each (f, C_i, rows, cols)
+        patch_tokens = torch.cat(pooled, dim=1).flatten(2).transpose(1, 2)  # (f, P, sum C_i)
+        cls_token = stage_maps[max(self.blocks)].mean(dim=(2, 3))  # (f, C_last)
+        return patch_tokens, cls_token
+
+
+def _resnet_side(image_size: int, last_stage: int, downsample_in_first_stage: bool) -> int:
+    """Feature-map side after the stem (7x7 conv and 3x3 max pool, stride 2 each) and stages 0..last_stage
+    (stride 2 each, but stage 0 only when `downsample_in_first_stage`); every stride-2 step maps S to ceil(S / 2)."""
+    side = image_size
+    for _ in range(2 + last_stage + int(downsample_in_first_stage)):
+        side = -(-side // 2)
+    return side
+
+
 def _sinusoidal_code(length: int, channels: int) -> torch.Tensor:
     """Transformer-style sin/cos code of positions 0..length-1: (length, channels)."""
     frequencies = torch.exp(torch.arange(0, channels, 2) * (-math.log(10000.0) / channels))  # (channels/2,)
@@ -213,10 +271,23 @@ def _load_pretrained(
     return model.float()
 
 
+def _load_model(
+    path: str | Path | None, model_classes: dict[str, type[PreTrainedModel]], name: str
+) -> PreTrainedModel:
+    """A `save_pretrained` folder, or a DINO/timm/torchvision weights file mapped to one of `model_classes`."""
+    if path is None or not is_weights_file(path):
+        return _load_pretrained(path, model_classes, name)
+    model = load_backbone_file(path)
+    if not isinstance(model, tuple(model_classes.values())):
+        raise MVFormerError(f"{path}: holds a {describe(model)}, which does not fit backbone '{name}'")
+    return model
+
+
 def _build_vit(
     blocks: list[int], path: str | Path | None, image_size: int, chunk_size: int
 ) -> FrozenBackbone:
-    model = _load_pretrained(path, {"vit": ViTModel}, "vit")
+    """A ViT from a folder or a DINO/timm file (e.g. dino_vitbase8_pretrain.pth)."""
+    model = _load_model(path, {"vit": ViTModel}, "vit")
     return TransformerBackbone(model, blocks, image_size, chunk_size, source=f"{path} (vit backbone)")
 
 
@@ -226,6 +297,14 @@ def _build_dinov2(
     classes = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
     model = _load_pretrained(path, classes, "dinov2")
     return TransformerBackbone(model, blocks, image_size, chunk_size, source=f"{path} (dinov2 backbone)")
+
+
+def _build_resnet50(
+    blocks: list[int], path: str | Path | None, image_size: int, chunk_size: int
+) -> FrozenBackbone:
+    """A ResNet from a folder (e.g. microsoft/resnet-50) or a torchvision-layout file; `blocks` are stages 0..3."""
+    model = _load_model(path, {"resnet": ResNetModel}, "resnet50")
+    return ResNetBackbone(model, blocks, image_size, chunk_size, source=f"{path} (resnet50 backbone)")
 
 
 def _build_tiny(
@@ -256,7 +335,11 @@ def _build_patches(
     return PixelPatchBackbone(image_size, chunk_size)
 
 
-BACKBONES = {"vit": _build_vit, "dinov2": _build_dinov2, "tiny": _build_tiny, "patches": _build_patches}
+BACKBONES = {
+    "vit": _build_vit, "dinov2": _build_dinov2, "tiny": _build_tiny, "patches": _build_patches,
+    "resnet50": _build_resnet50,
+}
+check_registry(BackboneName, BACKBONES)
 
 
 def build_backbone(
@@ -266,10 +349,11 @@ def build_backbone(
     image_size: int = 224,
     chunk_size: int = 64,
 ) -> FrozenBackbone:
-    """Build a frozen backbone by registry name ("vit", "dinov2", "tiny", "patches").
+    """Build a frozen backbone by registry name ("vit", "dinov2", "tiny", "patches", "resnet50").
 
-    `blocks` are 0-based transformer block indices whose patch tokens are concatenated;
-    `path` is a local `save_pretrained` folder (needed for "vit" and "dinov2" only).
+    `blocks` are 0-based transformer block indices (ResNet: stage indices) whose patch tokens are concatenated;
+    `path` is a local `save_pretrained` folder, or for "vit" and "resnet50" also a DINO/timm/torchvision weights
+    file (.pth, .safetensors, ...); needed for "vit", "dinov2" and "resnet50" only.
     """
     if name not in BACKBONES:
         raise MVFormerError(f"unknown backbone '{name}': known names are {', '.join(BACKBONES)}")

@@ -1,0 +1,1 @@
+"""Training objectives, each a pure function of embeddings and their frame positions."""

@@ -1,0 +1,56 @@
+"""Time-Contrastive Network loss (Sermanet et al., 2018) in the single-view n-pairs form of the published code
+(CARL_MVF/algos/tcn.py): within one video, anchor k must pick its own positive (a frame at most
+`positive_window` frames earlier, drawn by the sampler) among the positives of all the video's anchors.
+
+The published loss has no margin and no triplets: the negatives are the other anchors' positives, and the only
+other term is an L2 penalty on the embeddings. One deliberate difference, inert on an unpadded clip: an
+anchor/positive pair with a padded frame (a positive before frame 0, an anchor past the video's end) is neither
+an anchor nor a negative (the published loss ignores masks and so uses clamped duplicate frames).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from mvformer.errors import MVFormerError
+
+
+@dataclass(frozen=True)
+class TCNConfig:
+    """TCN hyper-parameters; defaults are the published ones (utils/config.py, configs/tcn_config.yml)."""
+
+    positive_window: int = 5  # >= 1: the positive is 1..positive_window frames before its anchor (sampling)
+    reg_lambda: float = 0.002  # >= 0: weight of the squared-norm penalty, 0.25 * reg_lambda * (anchor + positive)
+
+    def __post_init__(self) -> None:
+        if self.positive_window < 1:
+            raise MVFormerError(f"tcn positive_window must be >= 1, got {self.positive_window}")
+        if self.reg_lambda < 0:
+            raise MVFormerError(f"tcn reg_lambda must be >= 0, got {self.reg_lambda}")
+
+
+def tcn_loss(embs: torch.Tensor, masks: torch.Tensor, config: TCNConfig = TCNConfig()) -> torch.Tensor:
+    """N-pairs TCN loss per video, averaged over the videos that hold at least one real pair.
+
+    embs (..., 2K, E) with frames interleaved anchor, positive, anchor, positive, ... as the published sampler
+    lays them out (mvformer.data.objective_sampling.sample_tcn_pairs); masks (..., 2K) 1 for real frames.
+    Per video: cross-entropy of the anchor-by-positive dot products with the diagonal as target, averaged over
+    real pairs, plus 0.25 * reg_lambda * (mean squared norm of the anchors + that of the positives).
+    """
+    embs = embs.reshape(-1, *embs.shape[-2:])  # (N, 2K, E)
+    masks = masks.reshape(-1, masks.shape[-1]).bool()  # (N, 2K)
+    if embs.shape[1] % 2:
+        raise MVFormerError(f"TCN clips interleave anchors and positives, so need an even length, got {embs.shape[1]}")
+    anchors, positives = embs[:, 0::2], embs[:, 1::2]  # (N, K, E) each
+    pairs = masks[:, 0::2] & masks[:, 1::2]  # (N, K)
+    weights = pairs.to(embs.dtype)
+    counts = weights.sum(-1)  # (N,)
+
+    logits = (anchors @ positives.transpose(1, 2)).masked_fill(~pairs[:, None, :], torch.finfo(embs.dtype).min)
+    cross_entropy = -torch.log_softmax(logits, dim=-1).diagonal(dim1=1, dim2=2)  # (N, K)
+    squared_norms = anchors.square().sum(-1) + positives.square().sum(-1)  # (N, K)
+    per_video = ((cross_entropy + 0.25 * config.reg_lambda * squared_norms) * weights).sum(-1) / counts.clamp_min(1)
+    used = counts > 0
+    if not used.any():
+        raise MVFormerError("TCN batch holds no real anchor/positive pair (every clip is padding)")
+    return per_video[used].mean()

@@ -1,0 +1,127 @@
+"""Training clips: two time-augmented views of each video, from decoded frames or from the feature cache, and
+how they are batched.
+
+The draw of video i in epoch e (frames and augmentation) depends on (seed, e, i) only, so it is the same with any
+number of loader workers or ranks, and after a resume.
+"""
+
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mvformer.config import AugmentConfig
+from mvformer.data.datasets import VideoDataset
+from mvformer.data.sampling import ClipViews, sample_views
+from mvformer.data.transforms import augment_views, normalize
+from mvformer.errors import MVFormerError
+from mvformer.features.cache import AUGMENTED_SPLIT, FeatureCache
+
+
+class _Clips(Dataset):
+    """What both clip sources share: the views of video i in epoch e, drawn from (seed, e, i), and the item's
+    time fields: steps and masks (2, T), seq_lens (2,)."""
+
+    def __init__(self, lengths: list[int], clip_len: int, max_stretch: float, seed: int):
+        self.lengths = lengths
+        self.clip_len = clip_len
+        self.max_stretch = max_stretch
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def views(self, index: int, rng: np.random.Generator | None = None) -> ClipViews:
+        rng = rng if rng is not None else self.rng(index)
+        return sample_views(self.lengths[index], self.clip_len, rng, max_stretch=self.max_stretch)
+
+    @staticmethod
+    def item(views: ClipViews, **inputs: torch.Tensor) -> dict:
+        """One training item: the views' inputs (frames or cached tokens) and their time fields."""
+        return {**inputs, "steps": torch.from_numpy(views.steps), "masks": torch.from_numpy(views.masks),
+                "seq_lens": torch.full((views.indices.shape[0],), views.seq_len, dtype=torch.int64)}
+
+
+class TrainingClips(_Clips):
+    """Two views of each video: uint8 frames (2, T, H, W, 3) and the seed of their augmentation (applied to whole
+    batches on the training device by `augment_batch`). A video that cannot be decoded gives {"skipped": reason}
+    instead: training skips it and counts it."""
+
+    def __init__(self, videos: VideoDataset, clip_len: int, max_stretch: float, seed: int):
+        super().__init__([record.num_frames for record in videos.records], clip_len, max_stretch, seed)
+        self.videos = videos
+
+    def __getitem__(self, index: int) -> dict:
+        views = self.views(index)
+        needed, where = np.unique(views.indices, return_inverse=True)  # decode each frame once
+        try:
+            frames = self.videos.frames(index, needed)[where.reshape(views.indices.shape)]  # (2, T, H, W, 3)
+        except MVFormerError as error:
+            return {"skipped": str(error)}
+        seed = np.random.default_rng([self.seed, self.epoch, index, 1]).integers(2**63)
+        return self.item(views, frames=torch.from_numpy(frames), augment_seed=torch.tensor(seed))
+
+
+class CachedTrainingClips(_Clips):
+    """`TrainingClips` from cached tokens: the same views of video i in epoch e, patches (2, T, P, C) and
+    cls (2, T, C_cls) float16.
+
+    Each view reads one augmented copy drawn after the views from the same generator (distinct copies for the
+    two views when there are enough, as two online draws would differ); copy 0 when the cache has no copies or
+    `augmented` is False.
+    """
+
+    def __init__(self, cache: FeatureCache, split: str, clip_len: int, max_stretch: float, seed: int,
+                 augmented: bool = True):
+        super().__init__([video.num_frames for video in cache.records(split)], clip_len, max_stretch, seed)
+        self.cache = cache
+        self.split = split
+        self.num_copies = cache.num_copies if augmented and split == AUGMENTED_SPLIT else 0
+
+    def _draw_copies(self, rng: np.random.Generator, num_views: int) -> np.ndarray:
+        if self.num_copies == 0:
+            return np.zeros(num_views, dtype=np.int64)
+        if self.num_copies >= num_views:
+            return rng.choice(self.num_copies, size=num_views, replace=False) + 1
+        return rng.integers(1, self.num_copies + 1, size=num_views)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self.rng(index)
+        views = self.views(index, rng)
+        copies = self._draw_copies(rng, len(views.indices))
+        patches, cls = zip(*(self.cache.features(self.split, index, indices, int(copy))
+                             for indices, copy in zip(views.indices, copies)))
+        return self.item(views, patches=torch.stack(patches), cls=torch.stack(cls))  # (2, T, P, C), (2, T, C_cls)
+
+
+def augment_batch(frames: torch.Tensor, seeds: torch.Tensor, out_size: int, augment: AugmentConfig,
+                  mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 frames (B, V, T, H, W, 3) on the training device -> normalised (B, V, T, 3, S, S); video b's views
+    are drawn from its own seed, so the result does not depend on how videos are batched or sharded."""
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    views = augment_views(frames.flatten(0, 1), generators, out_size, augment)  # (B * V, T, 3, S, S)
+    return normalize(views, mean, std).view(*frames.shape[:2], *views.shape[1:])
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Stack the readable clips of a batch; "skipped" lists the reasons of those that were not."""
+    readable = [item for item in items if "skipped" not in item]
+    batch = {key: torch.stack([item[key] for item in readable]) for key in readable[0]} if readable else {}
+    batch["skipped"] = [item["skipped"] for item in items if "skipped" in item]
+    return batch
+
+
+def epoch_batches(num_videos: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """The global batches of one epoch, (steps, batch_size) video indices: a fixed shuffle of (seed, epoch).
+
+    The last incomplete batch is dropped so that every rank gets its share of every batch.
+    """
+    if num_videos < batch_size:
+        raise MVFormerError(f"train.batch_size ({batch_size}) is larger than the training set ({num_videos} videos)")
+    order = np.random.default_rng([seed, epoch, 2]).permutation(num_videos)
+    steps = num_videos // batch_size
+    return order[:steps * batch_size].reshape(steps, batch_size)
