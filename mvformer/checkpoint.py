@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from mvformer.config import config_from_dict
+from mvformer.config import config_from_dict, flatten_tree
 from mvformer.errors import MVFormerError
 from mvformer.files import atomic_path
 from mvformer.model.backbone import FrozenBackbone
-from mvformer.model.mvformer import MVFormer, build_model
+from mvformer.model.mvformer import MVFormer, build_model, check_finite_weights
 from mvformer.pretrained import is_export, load_pretrained, save_pretrained
 from mvformer.runtime import resolve_device
 
@@ -46,7 +46,35 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or state.get("version") not in READABLE_VERSIONS:
         raise MVFormerError(f"{path}: not an mvformer checkpoint of a version this mvformer reads "
                             f"({', '.join(map(str, READABLE_VERSIONS))})")
+    _check_fields(path, state, CHECKPOINT_FIELDS[state["version"]])
     return state
+
+
+CHECKPOINT_FIELDS = {  # what each version holds, and of which type
+    1: {"config": dict, "model": dict, "epoch": int},
+    2: {"config": dict, "model": dict, "epoch": int, "step": int, "world_size": int, "optimizer": dict,
+        "random_states": list, "counters": dict, "epoch_losses": list},
+}
+
+
+def _check_fields(path: Path, state: dict, fields: dict) -> None:
+    """One line naming the first field a (perhaps hand-made) checkpoint lacks or holds with the wrong type."""
+    for name, kind in fields.items():
+        if name not in state:
+            raise MVFormerError(f"{path}: the checkpoint lacks '{name}'")
+        if not isinstance(state[name], kind) or isinstance(state[name], bool):
+            raise MVFormerError(f"{path}: the checkpoint's '{name}' is a {type(state[name]).__name__}, not a "
+                                f"{kind.__name__}")
+    bad = next((key for key, value in state["model"].items() if not isinstance(value, torch.Tensor)), None)
+    if bad is not None:
+        raise MVFormerError(f"{path}: the checkpoint's model weight '{bad}' is not a tensor")
+
+
+def config_differences(stored: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The dotted keys on which two configs (as dicts) differ, `ignore`d keys left out."""
+    flat_stored, flat_current = flatten_tree(stored), flatten_tree(current)
+    return [key for key in sorted(flat_stored.keys() | flat_current.keys())
+            if key not in ignore and flat_stored.get(key, "<absent>") != flat_current.get(key, "<absent>")]
 
 
 def model_from_checkpoint(path: str | Path, backbone: FrozenBackbone | None = None) -> MVFormer:
@@ -55,7 +83,17 @@ def model_from_checkpoint(path: str | Path, backbone: FrozenBackbone | None = No
     config = config_from_dict(state["config"], f"{path} (stored config)")
     model = build_model(config, backbone)
     model.load_trainable_state_dict(state["model"], str(path))
+    check_finite_weights(model, str(path))
     return model.eval()
+
+
+def trainable_weights(source: str | Path) -> dict[str, torch.Tensor]:
+    """The head weights of a run folder, a checkpoint or an export folder (`train.init_from`: fine-tuning starts
+    from them with a fresh optimiser and schedule)."""
+    path = Path(source)
+    if is_export(path):
+        return load_pretrained(path).trainable_state_dict()
+    return load_checkpoint(path)["model"]
 
 
 def load_model(source: str | Path, device: str = "auto") -> tuple[MVFormer, torch.device]:

@@ -27,7 +27,9 @@ def _cmd_train(args) -> None:
 
 def _cmd_evaluate(args) -> None:
     from mvformer.evaluation.report import evaluate_checkpoint
-    evaluate_checkpoint(args.checkpoint, data_roots=args.data, out_dir=args.out)
+    report = evaluate_checkpoint(args.checkpoint, data_roots=args.data, out_dir=args.out, overwrite=args.overwrite)
+    print(report.table)
+    print(f"wrote {report.out_dir / 'metrics.json'}, the embeddings (DATASET.npz) and alignment.png")
 
 
 def _cmd_evaluate_embeddings(args) -> None:
@@ -100,6 +102,22 @@ def _cmd_progress(args) -> None:
           f"{result.reference_r2:.3f})")
 
 
+def _cmd_label(args) -> None:
+    from mvformer.apps.label import label_videos
+    labelled = label_videos(args.checkpoint, args.reference, args.videos, args.out, method=args.method,
+                            references=args.references, split=args.split, score=args.score, overwrite=args.overwrite,
+                            device=args.device, frames=args.frames)
+    print(f"labelled {len(labelled)} videos: a dataset in {args.out} (split 'all'; per-frame confidence in "
+          f"confidence/, summary in transfer.json)")
+
+
+def _cmd_report(args) -> None:
+    from mvformer.apps.report import build_report
+    index = build_report(args.checkpoint, args.out, videos=args.videos, overwrite=args.overwrite, device=args.device,
+                         frames=args.frames, frame=args.frame)
+    print(f"wrote {index} (open it in a browser; no server needed)")
+
+
 def _cmd_synthetic(args) -> None:
     from mvformer.data.synthetic import generate_pouring_dataset
     root = generate_pouring_dataset(args.dest, num_train=args.train, num_val=args.val, seed=args.seed, size=args.size)
@@ -134,11 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
 
     evaluate = add("evaluate", _cmd_evaluate, "embed every frame of a dataset with a checkpoint and score it")
-    evaluate.add_argument("checkpoint", help="checkpoint.pt or a run folder holding one")
+    evaluate.add_argument("checkpoint", help="a run folder, its checkpoint.pt or an export folder")
     evaluate.add_argument("--data", nargs="+", metavar="ROOT",
                           help="dataset roots, each reported on its own and averaged (e.g. the 13 Penn Action "
                                "actions; default: the dataset the model was trained on)")
     evaluate.add_argument("--out", help="output folder (default: RUN/eval)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace the results already in the folder")
 
     scores = add("evaluate-embeddings", _cmd_evaluate_embeddings,
                  "score frame embeddings of any model saved as .npz (one file per dataset)")
@@ -229,6 +248,31 @@ def build_parser() -> argparse.ArgumentParser:
     progress.add_argument("--video", required=True)
     progress.add_argument("--out", default="progress.png", metavar="FILE.png",
                           help="plot; FILE.csv beside it (default: progress.png)")
+
+    label = add_app("label", _cmd_label, "label every frame of videos from labelled reference videos, along "
+                    "their alignment; writes a dataset")
+    label.add_argument("--reference", required=True, metavar="ROOT",
+                       help="labelled dataset root in the generic layout (videos/, labels/, splits/)")
+    label.add_argument("--split", default="train", help="reference split (default: train)")
+    label.add_argument("--videos", required=True, nargs="+", metavar="VIDEO",
+                       help="video files, frame folders, or folders of them (a dataset root: its videos/)")
+    label.add_argument("--out", required=True, metavar="DIR", help="folder to write the labelled dataset in")
+    label.add_argument("--method", choices=("dtw", "nn"), default="dtw",
+                       help="pair frames by dynamic time warping or nearest neighbours (default: dtw)")
+    label.add_argument("--references", type=int, metavar="K",
+                       help="only the K references of least alignment cost vote (default: all)")
+    label.add_argument("--score", action="store_true",
+                       help="compare with the videos' hand labels (ROOT/labels/NAME.csv) and with transfer by "
+                            "relative time alone")
+
+    report = add_app("report", _cmd_report, "an HTML report of a run: metrics with the time-only row, training "
+                     "curves, an alignment viewer, retrieval, attention")
+    report.add_argument("--videos", nargs="+", metavar="VIDEO",
+                        help="videos for the alignment viewer, the first the reference (default: the first "
+                             "validation videos of the run's dataset)")
+    report.add_argument("--out", required=True, metavar="DIR", help="folder for index.html and its files")
+    report.add_argument("--frame", type=int, metavar="N",
+                        help="reference frame of the retrieval sheet (default: the middle one)")
 
     synthetic = add("synthetic", _cmd_synthetic, "write the synthetic pouring dataset (generic layout)")
     synthetic.add_argument("dest")

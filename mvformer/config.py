@@ -6,6 +6,7 @@ wrong types and out-of-range values are rejected with one line naming the file a
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ TokenId = Literal["pooling", "encoder", "none"]
 TimeEncoding = Literal["sinusoidal", "none"]
 TokenReduction = Literal["first", "mean", "max", "linear"]
 DataFormat = Literal["generic", "penn_action", "pouring", "finegym", "kinetics400"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Schedule = Literal["cosine", "warmup_cosine"]
+SamplingRule = Literal["whole_video", "window"]
+FrameMode = Literal["squash", "native"]
 Device = Literal["auto", "cpu", "cuda"]
 Classifier = Literal["logistic", "sgd-linear"]
 
@@ -109,15 +113,24 @@ class DataConfig:
     """Where the videos are and how training clips are drawn from them."""
 
     root: str = ""
-    image_size: int = 224  # frames are decoded squashed to this square size
+    image_size: int = 224  # the model's square input size
+    frames: FrameMode = "squash"  # squash: decoded squashed to image_size (Penn Action, Pouring); native: decoded at
+    # native size, evaluation takes the central image_size square, training crops at native size (FineGym, K400)
     clip_len: int = 80  # frames per training view; also the time encoding's training length
     max_stretch: float = 1.5  # views span ceil(r * L) frames, r ~ U(1, max_stretch)
+    sampling: SamplingRule = "whole_video"  # whole_video (Penn Action, Pouring, K400) | window (FineGym)
+    consistent_offset: float = 0.2  # window rule: the second view starts within +-int((1 - c) * T) of the first
     preload: bool = False  # decode every video once into memory (small datasets)
     num_workers: int = 0  # decoding and augmentation processes per training process
     format: DataFormat = "generic"  # dataset layout: generic or a benchmark format (mvformer.data.formats)
     subset: str | None = None  # Penn Action action name, or FineGym "99" / "288"
     feature_cache: str = "auto"  # auto (use a matching cache in the default place) | none | a folder
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @property
+    def decode_size(self) -> int | None:
+        """The square size frames are decoded at (squash), or None (native resolution)."""
+        return self.image_size if self.frames == "squash" else None
 
 
 @dataclass
@@ -136,9 +149,10 @@ class TrainConfig:
     batch_size: int = 1  # videos (each with two views) per step
     lr: float = 1e-4
     weight_decay: float = 1e-5
-    warmup_epochs: int = 1
+    schedule: Schedule = "cosine"  # cosine: published, lr * (1 + cos(pi * e / (epochs + 1))) / 2 per epoch
+    warmup_epochs: int = 0  # warmup_cosine only: linear warm-up epochs, then cosine to 0
     grad_clip: float = 10.0
-    precision: Precision = "fp32"  # bf16: autocast
+    precision: Precision = "fp32"  # bf16: autocast; fp16: autocast with a gradient scaler (published, GPUs)
     seed: int = 0
     device: Device = "auto"
     eval_every: int = 50  # epochs; evaluation always runs after the last epoch too
@@ -146,6 +160,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every this many steps (0 = only per epoch)
     max_nonfinite_steps: int = 10  # stop after this many consecutive steps with a NaN/Inf loss or gradient
     output_dir: str = "runs/default"
+    init_from: str | None = None  # a run folder, checkpoint or export: start from its head weights (fine-tuning)
 
 
 @dataclass
@@ -156,6 +171,7 @@ class EvalConfig:
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0])
     ks: list[int] = field(default_factory=lambda: [5, 10, 15])
     classifier: Classifier = "logistic"  # phase-classification probe (sgd-linear: FineGym)
+    frames_per_batch: int = 1000  # a longer video goes through the temporal encoder as equal chunks of at most this
 
 
 @dataclass
@@ -183,13 +199,39 @@ def _plain(value):
     return value
 
 
-POSITIVE = (
-    "backbone.chunk_size", "model.num_tokens", "model.pool_dim", "model.hidden_size", "model.num_heads",
-    "model.ff_dim", "model.embedding_size", "model.projection_size", "data.image_size", "data.clip_len",
-    "train.epochs", "train.batch_size", "train.eval_every", "train.checkpoint_every", "train.max_nonfinite_steps",
-    "eval.stride",
-    "loss.temperature", "loss.variance",
-)
+# Inclusive ranges of every numeric field (each element of a list field): a size or count that no run could use is
+# refused before anything is built, rather than failing deep inside torch (or silently, as a negative clip would).
+RANGES = {
+    "backbone.chunk_size": (1, 65536), "backbone.blocks": (0, 255),
+    "model.num_tokens": (1, 256), "model.pool_dim": (1, 16384), "model.fc_layers": (1, 65536),
+    "model.dropout": (0.0, 0.99), "model.hidden_size": (1, 16384), "model.num_layers": (1, 64),
+    "model.num_heads": (1, 256), "model.ff_dim": (1, 65536), "model.embedding_size": (1, 16384),
+    "model.projection_size": (1, 16384),
+    "data.image_size": (16, 4096), "data.clip_len": (2, 100_000), "data.max_stretch": (1.0, 100.0),
+    "data.consistent_offset": (0.0, 1.0), "data.num_workers": (0, 256),
+    "loss.temperature": (1e-6, 1e6), "loss.variance": (1e-6, 1e9),
+    "train.epochs": (1, 10_000_000), "train.batch_size": (1, 1_000_000), "train.lr": (0.0, 10.0),
+    "train.weight_decay": (0.0, 10.0), "train.warmup_epochs": (0, 10_000_000), "train.grad_clip": (1e-6, 1e9),
+    "train.seed": (0, 2**32 - 1), "train.eval_every": (1, 10_000_000), "train.checkpoint_every": (1, 10_000_000),
+    "train.checkpoint_every_steps": (0, 10_000_000), "train.max_nonfinite_steps": (1, 10_000_000),
+    "eval.stride": (1, 100_000), "eval.fractions": (1e-9, 1.0), "eval.ks": (1, 100_000),
+    "eval.frames_per_batch": (2, 10_000_000),
+}
+NON_EMPTY = ("backbone.blocks", "eval.fractions", "eval.ks")
+NON_EMPTY_TEXT = ("name", "train.output_dir")
+
+
+def _check_ranges(flat: dict, source: str) -> None:
+    for key, (low, high) in RANGES.items():
+        values = flat[key] if isinstance(flat[key], list) else [flat[key]]
+        if key in NON_EMPTY and not values:
+            raise MVFormerError(f"{source}: '{key}' must list at least one value")
+        for value in values:
+            if not low <= value <= high:
+                raise MVFormerError(f"{source}: '{key}' must lie in [{low}, {high}], got {value}")
+    for key in NON_EMPTY_TEXT:
+        if not flat[key].strip():
+            raise MVFormerError(f"{source}: '{key}' must not be empty")
 
 
 def _convert(value, annotation, key: str, source: str):
@@ -219,13 +261,14 @@ def _convert(value, annotation, key: str, source: str):
         if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
             raise MVFormerError(f"{source}: '{key}' must be a list of {len(item_types)} values, got {value!r}")
         return tuple(_convert(item, item_type, key, source) for item, item_type in zip(value, item_types))
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+    if annotation is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
-            return float(value)
-        except ValueError:
-            pass
+            number = float(value)
+        except (ValueError, OverflowError):
+            raise MVFormerError(f"{source}: '{key}' must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise MVFormerError(f"{source}: '{key}' must be a finite number, got {value!r}")
+        return number
     if annotation is bool and not isinstance(value, bool):
         raise MVFormerError(f"{source}: '{key}' must be true or false, got {value!r}")
     if annotation in (int, float) and isinstance(value, bool) or not isinstance(value, annotation):
@@ -237,8 +280,8 @@ def _build(cls, data: dict, source: str, prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():
-        if key not in fields:
-            hint = difflib.get_close_matches(key, fields, n=1)
+        if not isinstance(key, str) or key not in fields:
+            hint = difflib.get_close_matches(str(key), fields, n=1)
             suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
             raise MVFormerError(f"{source}: unknown key '{prefix}{key}'{suggestion}")
         values[key] = _convert(value, typing.get_type_hints(cls)[key], prefix + key, source)
@@ -249,26 +292,21 @@ def _build(cls, data: dict, source: str, prefix: str = ""):
 
 
 def _validate(config: Config, source: str) -> None:
-    flat = flatten_tree(config.to_dict())
-    for key in POSITIVE:
-        if flat[key] <= 0:
-            raise MVFormerError(f"{source}: '{key}' must be positive, got {flat[key]}")
-    if not config.backbone.blocks:
-        raise MVFormerError(f"{source}: 'backbone.blocks' must name at least one block")
+    """Ranges of every field, then the rules that tie fields together."""
+    _check_ranges(flatten_tree(config.to_dict()), source)
+    if len(set(config.backbone.blocks)) != len(config.backbone.blocks):
+        raise MVFormerError(f"{source}: 'backbone.blocks' lists a block twice: {config.backbone.blocks}")
+    if len(set(config.eval.ks)) != len(config.eval.ks) or len(set(config.eval.fractions)) != len(config.eval.fractions):
+        raise MVFormerError(f"{source}: 'eval.ks' and 'eval.fractions' must not repeat a value")
     if config.model.hidden_size % config.model.num_heads:
         raise MVFormerError(f"{source}: 'model.hidden_size' ({config.model.hidden_size}) must be divisible "
                             f"by 'model.num_heads' ({config.model.num_heads})")
-    if not 0 <= config.model.dropout < 1:
-        raise MVFormerError(f"{source}: 'model.dropout' must be in [0, 1), got {config.model.dropout}")
-    if config.data.max_stretch < 1:
-        raise MVFormerError(f"{source}: 'data.max_stretch' must be >= 1, got {config.data.max_stretch}")
-    if config.data.num_workers < 0 or config.train.checkpoint_every_steps < 0:
-        raise MVFormerError(f"{source}: 'data.num_workers' and 'train.checkpoint_every_steps' must be >= 0")
-    if any(not 0 < f <= 1 for f in config.eval.fractions):
-        raise MVFormerError(f"{source}: 'eval.fractions' must lie in (0, 1], got {config.eval.fractions}")
     if config.model.pooling in ("cls", "max", "avg") and config.model.num_tokens != 1:
         raise MVFormerError(f"{source}: late-fusion pooling '{config.model.pooling}' gives one token per "
                             f"frame; set 'model.num_tokens' to 1")
+    if config.train.warmup_epochs and config.train.schedule != "warmup_cosine":
+        raise MVFormerError(f"{source}: 'train.warmup_epochs' needs 'train.schedule: warmup_cosine' (the published "
+                            f"'cosine' schedule has no warm-up)")
 
 
 def flatten_tree(tree: dict, separator: str = ".", prefix: str = "") -> dict:
@@ -309,6 +347,8 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         if not path.is_file():
             raise MVFormerError(f"{path}: config file not found")
         return path
+    if not str(name_or_path).replace("_", "").replace("-", "").isalnum():
+        raise MVFormerError(f"{name_or_path}: not a .yaml/.yml file nor the name of a shipped config")
     shipped = CONFIG_DIR / f"{name_or_path}.yaml"
     if not shipped.is_file():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
@@ -337,14 +377,21 @@ def _read_yaml_tree(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> di
     if path in seen:
         raise MVFormerError(f"{path}: 'base' chain loops back to itself")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise MVFormerError(f"{path}: cannot read the config ({type(error).__name__}: not a UTF-8 text file?)") \
+            from None
     except yaml.YAMLError as error:
         raise MVFormerError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if tree is None:
+        raise MVFormerError(f"{path}: the config file is empty")
     if not isinstance(tree, dict):
         raise MVFormerError(f"{path}: a config must be a mapping of sections")
     base = tree.pop("base", None)
     if base is None:
         return tree
+    if not isinstance(base, str) or not base.strip():
+        raise MVFormerError(f"{path}: 'base' must name a shipped config or a YAML file, got {base!r}")
     base_path = path.parent / base if str(base).endswith((".yaml", ".yml")) else base
     return _merge(_read_yaml_tree(base_path, (*seen, path)), tree)
 

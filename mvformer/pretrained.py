@@ -18,7 +18,7 @@ from mvformer import __version__
 from mvformer.config import Config, config_from_dict, flatten_tree
 from mvformer.errors import MVFormerError
 from mvformer.files import atomic_path, write_text
-from mvformer.model.mvformer import MVFormer, build_model
+from mvformer.model.mvformer import MVFormer, build_model, check_finite_weights
 
 FORMAT_NAME = "mvformer-pretrained"
 FORMAT_VERSION = 1
@@ -128,15 +128,16 @@ def save_pretrained(model: MVFormer, directory: str | Path, metrics: dict | None
     """Write `model` as DIR/config.json, DIR/model.safetensors (trainable weights) and DIR/README.md.
 
     `metrics` (e.g. `evaluate_model`'s result) go into the card and config.json; `data` describes the
-    training data (default: the config's data root). A non-empty folder that is not a previous export
-    is refused unless `overwrite`; files other than the three written are left alone.
+    training data (default: the config's data root). A non-empty folder (a previous export included) is refused
+    unless `overwrite`; files other than the three written are left alone. Weights holding NaN or Inf are refused.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise MVFormerError(f"{directory}: exists and is not a folder")
-    if directory.is_dir() and any(directory.iterdir()) and not is_export(directory) and not overwrite:
-        raise MVFormerError(f"{directory}: folder is not empty and holds no mvformer export; choose another "
-                            f"folder or allow overwriting")
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+        what = "an mvformer export" if is_export(directory) else "files"
+        raise MVFormerError(f"{directory}: already holds {what}; pass --overwrite to replace it")
+    check_finite_weights(model, "the model to export")
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.trainable_state_dict().items()}
     stored = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "mvformer_version": __version__,
               "config": model.config.to_dict()}
@@ -193,4 +194,5 @@ def load_pretrained(directory: str | Path, backbone=None) -> MVFormer:
             from None
     model = build_model(config, backbone)
     model.load_trainable_state_dict(state, str(weights_path))
+    check_finite_weights(model, str(weights_path))
     return model.eval()

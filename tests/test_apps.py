@@ -30,8 +30,9 @@ def write_checkpoint(path, root, *overrides, version=CHECKPOINT_VERSION):
     torch.manual_seed(0)
     model = build_model(config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"version": version, "config": config.to_dict(), "epoch": 0,
-                           "model": model.trainable_state_dict(), "optimizer": {}, "torch_rng": torch.get_rng_state()})
+    save_checkpoint(path, {"version": version, "config": config.to_dict(), "epoch": 0, "step": 0, "world_size": 1,
+                           "model": model.trainable_state_dict(), "optimizer": {}, "random_states": [],
+                           "counters": {}, "epoch_losses": []})
     return path
 
 

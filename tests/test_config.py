@@ -32,9 +32,9 @@ def test_dotted_overrides_are_typed():
     ("model.num_token=5", "unknown key 'model.num_token' (did you mean 'model.num_tokens'?)"),
     ("model.num_tokens=three", "'model.num_tokens' must be int"),
     ("model.pooling=attention", "'model.pooling' is 'attention'; choose one of"),
-    ("train.epochs=0", "'train.epochs' must be positive"),
+    ("train.epochs=0", "'train.epochs' must lie in [1, "),
     ("data.augment.flip_p=2", "flip_p must be a probability"),
-    ("eval.fractions=[0, 1]", "'eval.fractions' must lie in (0, 1]"),
+    ("eval.fractions=[0, 1]", "'eval.fractions' must lie in [1e-09, 1.0], got 0"),
     ("model.num_heads=7", "must be divisible"),
     ("nokey", "expected KEY=VALUE"),
 ])

@@ -194,7 +194,7 @@ def test_save_refuses_a_foreign_non_empty_folder(tmp_path):
     (folder / "thesis.tex").write_text("keep me")
     with pytest.raises(MVFormerError) as error:
         save_pretrained(model, folder)
-    assert_one_line_error(error, str(folder), "not empty")
+    assert_one_line_error(error, str(folder), "already holds files", "--overwrite")
     assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
 
     save_pretrained(model, folder, overwrite=True)
@@ -203,7 +203,10 @@ def test_save_refuses_a_foreign_non_empty_folder(tmp_path):
 
     retrained = trained_model(demo_config(), seed=5)
     save_pretrained(retrained, tmp_path / "export")
-    save_pretrained(model, tmp_path / "export")  # a previous export is replaced without asking
+    with pytest.raises(MVFormerError) as error:  # another model's export is never replaced without asking
+        save_pretrained(model, tmp_path / "export")
+    assert_one_line_error(error, "already holds an mvformer export", "--overwrite")
+    save_pretrained(model, tmp_path / "export", overwrite=True)
     frames = frames_for(model.config)
     assert torch.equal(load_pretrained(tmp_path / "export")(frames), model(frames))
     assert not list((tmp_path / "export").glob(".*.tmp"))
@@ -315,7 +318,9 @@ def test_export_command(tmp_path, capsys):
     assert "`/data/pouring`" in card and "epochs: 5 of the 100 configured" in card
 
     (run / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
-    assert main(["export", str(run / "checkpoint.pt"), "--out", str(tmp_path / "export")]) == 0
+    assert main(["export", str(run / "checkpoint.pt"), "--out", str(tmp_path / "export")]) == 2  # never replaced
+    assert "already holds an mvformer export" in capsys.readouterr().err
+    assert main(["export", str(run / "checkpoint.pt"), "--out", str(tmp_path / "export"), "--overwrite"]) == 0
     assert "No evaluation was recorded" in (tmp_path / "export" / "README.md").read_text()
 
     foreign = tmp_path / "foreign"
@@ -323,7 +328,7 @@ def test_export_command(tmp_path, capsys):
     (foreign / "data.csv").write_text("1,2\n")
     assert main(["export", str(run), "--out", str(foreign)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mvformer: error: ") and err.count("\n") == 1 and "not empty" in err
+    assert err.startswith("mvformer: error: ") and err.count("\n") == 1 and "already holds files" in err
     assert main(["export", str(run), "--out", str(foreign), "--overwrite"]) == 0
     assert (foreign / "model.safetensors").is_file() and (foreign / "data.csv").is_file()
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mvformer.train.loop
-from mvformer.config import load_config
+from mvformer.config import TrainConfig, load_config
 from mvformer.config import AugmentConfig
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.synthetic import generate_pouring_dataset
@@ -199,11 +199,28 @@ def test_nonfinite_steps_are_skipped_and_too_many_stop_the_run(pouring_root, spl
     assert not (tmp_path / "dies" / "checkpoint.pt").exists()
 
 
-def test_learning_rate_schedule_warms_up_then_decays_to_zero():
-    factors = [learning_rate_factor(epoch, 10, 2) for epoch in range(10)]
+def test_warmup_cosine_schedule_warms_up_then_decays_to_zero():
+    schedule = TrainConfig(epochs=10, schedule="warmup_cosine", warmup_epochs=2)
+    factors = [learning_rate_factor(epoch, schedule) for epoch in range(10)]
     assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert all(a > b for a, b in zip(factors[2:], factors[3:]))
-    assert learning_rate_factor(10, 10, 2) == pytest.approx(0.0)
+    assert learning_rate_factor(10, schedule) == pytest.approx(0.0)
+
+
+def test_published_schedule_is_cosine_annealing_over_epochs_plus_one_stepped_per_epoch():
+    """Published: torch's CosineAnnealingLR(T_max=epochs + 1), stepped once per epoch, no warm-up."""
+    epochs = 7
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs + 1)
+    published = []
+    for _ in range(epochs):
+        published.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    ours = [1e-4 * learning_rate_factor(epoch, TrainConfig(epochs=epochs)) for epoch in range(epochs)]
+    assert ours == pytest.approx(published, rel=1e-12)
+    assert ours[0] == 1e-4 and ours[-1] > 0  # no warm-up; the last epoch still learns (T_max = epochs + 1)
 
 
 def test_bf16_autocast_trains_to_a_finite_checkpoint(pouring_root, splits, tmp_path):

@@ -5,13 +5,20 @@ ROOT/labels/NAME.csv    optional; header `frame,label`, one row per decoded fram
                         (-1 = unlabelled) or a class name from classes.txt
 ROOT/classes.txt        optional; one class name per line, line order = class index
 ROOT/splits/SPLIT.txt   one NAME per line
+
+A NAME is a plain file name (no path separators, not starting with "."), looked up literally (no wildcards).
+Every file a dataset reads lies inside its root: paths are resolved (symbolic links followed) and one that lands
+outside the resolved root is refused, in every layout. A symlinked root is fine; a symlink inside the root that
+leaves it is not (link or move the whole dataset instead), so that a dataset file can never make mvformer read,
+or `prepare` hard-link, a file the dataset does not hold.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -20,13 +27,15 @@ from mvformer.data.video import (
     FrameIndices,
     VideoIndex,
     as_frame_indices,
-    count_frames,
+    frame_image_paths,
     index_video,
     read_video,
 )
 from mvformer.errors import MVFormerError
 from mvformer.files import write_text
 from mvformer.progress import progress_bar
+
+MAX_CLASSES = 10_000  # classes.txt length and integer labels are bounded: a typo must not allocate 2**40 columns
 
 
 @dataclass(frozen=True)
@@ -39,29 +48,114 @@ class VideoRecord:
     labels: np.ndarray | None  # int64 (num_frames,), -1 = unlabelled; None when the dataset has no labels
 
 
+def check_root(root: str | Path, what: str = "data.root") -> Path:
+    """The dataset folder as a Path; one line when it is unset, missing or a file (`what` names the setting)."""
+    if not str(root).strip():
+        raise MVFormerError(f"{what} is not set: it must name the dataset folder")
+    root = Path(root)
+    if not root.exists():
+        raise MVFormerError(f"{root}: dataset root does not exist")
+    if not root.is_dir():
+        raise MVFormerError(f"{root}: dataset root is a file, not a folder")
+    return root
+
+
+def check_name(name, source: str, what: str = "video name") -> str:
+    """A name that is one plain file name of the generic layout (video NAME, split SPLIT)."""
+    if (not isinstance(name, str) or not name or name.startswith(".") or name != name.strip()
+            or any(c in name for c in "/\\\0") or not name.isprintable()):
+        raise MVFormerError(f"{source}: {what} {name!r} is not a plain file name (no path separators, not starting "
+                            f"with '.', no control characters)")
+    return name
+
+
+def inside_root(root: Path, path: Path, source: str) -> Path:
+    """`path` itself, refused when it resolves (symbolic links followed) outside the resolved dataset root."""
+    try:
+        resolved, resolved_root = path.resolve(), root.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        raise MVFormerError(f"{source}: {_shown(path, root)} cannot be resolved (symbolic link loop?)") from None
+    if not resolved.is_relative_to(resolved_root):
+        raise MVFormerError(f"{source}: {_shown(path, root)} resolves to {resolved}, outside the dataset root "
+                            f"(a dataset reads only files inside its root)")
+    return path
+
+
+def relative_inside(root: Path, relative, source: str, what: str) -> Path:
+    """ROOT/relative for a path a dataset file names: relative, without '..', and resolving inside ROOT."""
+    if (not isinstance(relative, str) or not relative.strip() or "\0" in relative
+            or PurePath(relative).is_absolute() or ".." in PurePath(relative).parts):
+        raise MVFormerError(f"{source}: {what} {relative!r} must be a path relative to the dataset root {root}, "
+                            f"without '..'")
+    return inside_root(root, root / relative, source)
+
+
+def frame_count_inside(root: Path, folder: Path, source: str) -> int:
+    """Frames of a frame folder whose images all resolve inside the root (each may be a symbolic link)."""
+    images = frame_image_paths(folder)
+    for image in images:
+        if image.is_symlink():
+            inside_root(root, image, source)
+    return len(images)
+
+
 def _read_text(path: Path, root: Path) -> str:
+    shown = _shown(path, root)
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
-        raise MVFormerError(f"{root}: {path.relative_to(root)} is not UTF-8 text") from None
+        raise MVFormerError(f"{root}: {shown} is not UTF-8 text") from None
+    except OSError as error:
+        raise MVFormerError(f"{root}: cannot read {shown} ({error.strerror or error})") from None
 
 
-def _read_names(path: Path, root: Path, shown: str, what: str) -> list[str]:
-    """Non-blank, stripped lines of a text file, each at most once; `shown` names the file in errors."""
-    names = [line.strip() for line in _read_text(path, root).splitlines() if line.strip()]
-    if not names:
-        raise MVFormerError(f"{root}: {shown} lists no {what}")
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise MVFormerError(f"{root}: {shown} lists {name!r} twice")
-        seen.add(name)
+def _read_list(path: Path, root: Path, what: str) -> dict[str, int]:
+    """The entries of a list file (split file, classes.txt): non-blank stripped lines, each once, at least one,
+    mapped to their line numbers; every error names the file (and the line)."""
+    shown = _shown(path, root)
+    inside_root(root, path, str(root))
+    if not path.is_file():
+        raise MVFormerError(f"{root}: {shown} is not a file")
+    entries: dict[str, int] = {}
+    for number, line in enumerate(_read_text(path, root).splitlines(), start=1):
+        name = line.strip()
+        if name in entries:
+            raise MVFormerError(f"{root}: {shown} line {number}: {name!r} is listed twice (first on line "
+                                f"{entries[name]})")
+        if name:
+            entries[name] = number
+    if not entries:
+        raise MVFormerError(f"{root}: {shown} is empty: it lists no {what}")
+    return entries
+
+
+def _read_split(root: Path, split: str) -> dict[str, int]:
+    """The video names of ROOT/splits/SPLIT.txt (each a plain file name) mapped to their line numbers."""
+    names = _read_list(split_file(root, split), root, "videos")
+    for name, number in names.items():
+        check_name(name, f"{root}: splits/{split}.txt line {number}")
     return names
+
+
+def _read_classes(root: Path) -> list[str] | None:
+    """classes.txt, if the dataset has one: at most MAX_CLASSES names, an integer name equal to its own index."""
+    path = root / "classes.txt"
+    if not os.path.lexists(path):
+        return None
+    classes = list(_read_list(path, root, "classes"))
+    if len(classes) > MAX_CLASSES:
+        raise MVFormerError(f"{root}: classes.txt lists {len(classes)} classes, more than the {MAX_CLASSES} allowed")
+    for index, name in enumerate(classes):
+        if _as_int(name) not in (None, index):
+            raise MVFormerError(f"{root}: classes.txt line {index + 1}: class {index} is named {name!r}, which label "
+                                f"files would read as class {_as_int(name)}; an integer class name must equal its "
+                                f"index (line number - 1)")
+    return classes
 
 
 def split_file(root: str | Path, split: str) -> Path:
     """ROOT/splits/SPLIT.txt, the list of a split's video names."""
-    return Path(root) / "splits" / f"{split}.txt"
+    return Path(root) / "splits" / f"{check_name(split, str(root), 'split')}.txt"
 
 
 def has_generic_split(root: str | Path, split: str) -> bool:
@@ -74,11 +168,10 @@ def is_generic_root(root: str | Path) -> bool:
 
 
 def split_names(root: str | Path, split: str) -> list[str] | None:
-    """The video names a split file lists, or None when the split does not exist."""
-    path = split_file(root, split)
-    if not path.is_file():
+    """The video names a split file lists (checked as VideoDataset checks them), or None when there is no split."""
+    if not os.path.lexists(split_file(root, split)):
         return None
-    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return list(_read_split(Path(root), split))
 
 
 def write_split(root: str | Path, split: str, names: list[str]) -> None:
@@ -86,33 +179,53 @@ def write_split(root: str | Path, split: str, names: list[str]) -> None:
     write_text(split_file(root, split), "".join(f"{name}\n" for name in names))
 
 
-def _find_video(root: Path, name: str, split_file: str) -> Path:
-    """videos/NAME/ if it is a frame folder, else the one file videos/NAME.<ext>."""
+def _video_files(root: Path) -> dict[str, list[Path]]:
+    """videos/ listed once: file stem -> the non-image files with that stem (names compared literally)."""
+    folder = root / "videos"
+    if not folder.is_dir():
+        raise MVFormerError(f"{root}: has no videos/ folder (the generic layout keeps videos/NAME.mp4 or "
+                            f"videos/NAME/ frame folders)")
+    found: dict[str, list[Path]] = {}
+    try:
+        for entry in os.scandir(folder):
+            path = Path(entry.path)
+            if path.suffix.lower() not in IMAGE_SUFFIXES and entry.is_file():
+                found.setdefault(path.stem, []).append(path)
+    except OSError as error:
+        raise MVFormerError(f"{root}: cannot list videos/ ({error.strerror or error})") from None
+    return found
+
+
+def _find_video(root: Path, name: str, files: dict[str, list[Path]], source: str) -> Path:
+    """videos/NAME/ if it is a frame folder, else the one file videos/NAME.<ext>; inside the root either way.
+    source: the split file line naming it."""
     folder = root / "videos" / name
     if folder.is_dir():
-        return folder
-    candidates = [path for path in (root / "videos").glob(f"{name}.*")
-                  if path.is_file() and path.stem == name and path.suffix.lower() not in IMAGE_SUFFIXES]
+        return inside_root(root, folder, source)
+    candidates = files.get(name, [])
     if not candidates:
-        raise MVFormerError(f"{root}: {split_file} names video {name!r} but there is no videos/{name}.mp4 (or other "
-                            f"container) nor videos/{name}/ frame folder")
+        raise MVFormerError(f"{source}: names video {name!r} but there is no videos/{name}.mp4 (or other container) nor videos/{name}/ "
+                            f"frame folder")
     if len(candidates) > 1:
         found = ", ".join(sorted(path.name for path in candidates))
         raise MVFormerError(f"{root}: video {name!r} is ambiguous, videos/ holds {found}")
-    return candidates[0]
+    return inside_root(root, candidates[0], source)
 
 
-def _parse_label(value: str, classes: list[str] | None) -> int | None:
-    """Class index of one label cell: a class name or an integer (-1 = unlabelled); None if neither."""
-    if classes is not None and value in classes:
-        return classes.index(value)
+def _as_int(value: str) -> int | None:
     try:
-        label = int(value)
+        return int(value)
     except ValueError:
         return None
-    if label < -1 or (classes is not None and label >= len(classes)):
-        return None
-    return label
+
+
+def _parse_label(value: str, class_index: dict[str, int] | None) -> int | None:
+    """Class index of one label cell: a class name or an integer in range (-1 = unlabelled); None if neither."""
+    if class_index is not None and value in class_index:
+        return class_index[value]
+    label = _as_int(value)
+    upper = len(class_index) if class_index is not None else MAX_CLASSES
+    return label if label is not None and -1 <= label < upper else None
 
 
 def _shown(path: Path, root: Path) -> Path:
@@ -120,38 +233,42 @@ def _shown(path: Path, root: Path) -> Path:
     return path.relative_to(root) if path.is_relative_to(root) else path
 
 
-def _read_video_labels(root: Path, name: str, classes: list[str] | None) -> np.ndarray:
+def _read_video_labels(root: Path, name: str, class_index: dict[str, int] | None) -> np.ndarray:
     path = root / "labels" / f"{name}.csv"
     if not path.is_file():
         raise MVFormerError(f"{root}: labels/ exists but labels/{name}.csv does not")
-    return _read_labels(path, root, classes)
+    return _read_labels(inside_root(root, path, str(root)), root, class_index)
 
 
-def _read_labels(path: Path, root: Path, classes: list[str] | None) -> np.ndarray:
+def _read_labels(path: Path, root: Path, class_index: dict[str, int] | None) -> np.ndarray:
     """Labels int64 (rows,) of one label CSV, checking header, frame numbering and label values."""
     shown = path.relative_to(root)
-    rows = [row for row in csv.reader(_read_text(path, root).splitlines()) if row]
+    try:
+        rows = [row for row in csv.reader(_read_text(path, root).splitlines()) if row]
+    except csv.Error as error:
+        raise MVFormerError(f"{root}: {shown} is not a CSV file ({error})") from None
     if not rows or [cell.strip() for cell in rows[0]] != ["frame", "label"]:
-        header = ",".join(rows[0]) if rows else "nothing"
-        raise MVFormerError(f"{root}: {shown} must start with the header 'frame,label', found '{header}'")
+        header = ",".join(rows[0])[:80] if rows else "nothing"
+        raise MVFormerError(f"{root}: {shown} must start with the header 'frame,label', found {header!r}")
     labels = np.empty(len(rows) - 1, dtype=np.int64)
     for frame, row in enumerate(rows[1:]):
         line = frame + 2
         if len(row) != 2 or row[0].strip() != str(frame):
-            raise MVFormerError(f"{root}: {shown} line {line}: expected '{frame},LABEL', found '{','.join(row)}'")
-        label = _parse_label(row[1].strip(), classes)
+            raise MVFormerError(f"{root}: {shown} line {line}: expected '{frame},LABEL', found "
+                                f"{','.join(row)[:80]!r}")
+        label = _parse_label(row[1].strip(), class_index)
         if label is None:
-            if classes:
-                known = f"a name in classes.txt or an integer in [-1, {len(classes) - 1}]"
+            if class_index:
+                known = f"a name in classes.txt or an integer in [-1, {len(class_index) - 1}]"
             else:
-                known = "an integer >= -1 (there is no classes.txt)"
-            raise MVFormerError(f"{root}: {shown} line {line}: label {row[1]!r} is not {known}")
+                known = f"an integer in [-1, {MAX_CLASSES - 1}] (there is no classes.txt)"
+            raise MVFormerError(f"{root}: {shown} line {line}: label {row[1][:80]!r} is not {known}")
         labels[frame] = label
     return labels
 
 
 class VideoDataset:
-    """The videos of one split, validated at construction: frame counts, labels, classes.
+    """The videos of one split, validated at construction: frame counts, labels, classes, every path inside root.
 
     size: frames are decoded squashed to size x size (None = native size).
     preload: decode every video once now and serve frames from memory.
@@ -161,20 +278,26 @@ class VideoDataset:
     """
 
     def __init__(self, root: str | Path, split: str, size: int | None = None, preload: bool = False) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise MVFormerError(f"{root}: dataset root does not exist or is not a folder")
-        split_path = split_file(root, split)
-        if not split_path.is_file():
+        root = check_root(root)
+        if not os.path.lexists(split_file(root, split)):
+            if not (root / "splits").is_dir():
+                raise MVFormerError(f"{root}: has no splits/ folder, so it is no dataset in the generic layout "
+                                    f"(videos/, splits/SPLIT.txt); a benchmark download needs data.format")
             raise MVFormerError(f"{root}: split file splits/{split}.txt does not exist")
-        names = _read_names(split_path, root, f"split file splits/{split}.txt", "videos")
-        classes_path = root / "classes.txt"
-        classes = _read_names(classes_path, root, "classes.txt", "classes") if classes_path.is_file() else None
-        paths = [_find_video(root, name, f"splits/{split}.txt") for name in names]
-        has_labels = (root / "labels").is_dir()
-        labels = [_read_video_labels(root, name, classes) if has_labels else None for name in names]
+        names = _read_split(root, split)
+        classes = _read_classes(root)
+        class_index = None if classes is None else {name: index for index, name in enumerate(classes)}
+        files = _video_files(root)
+        sources = [f"{root}: splits/{split}.txt line {line}" for line in names.values()]
+        paths = [_find_video(root, name, files, source) for name, source in zip(names, sources)]
+        labels_folder = root / "labels"
+        if os.path.lexists(labels_folder) and not labels_folder.is_dir():
+            raise MVFormerError(f"{root}: labels is not a folder (the generic layout keeps labels/NAME.csv)")
+        has_labels = labels_folder.is_dir()
+        labels = [_read_video_labels(root, name, class_index) if has_labels else None for name in names]
         indexes = [None if path.is_dir() else index_video(path) for path in paths]
-        counts = [count_frames(path) if index is None else index.num_frames for path, index in zip(paths, indexes)]
+        counts = [frame_count_inside(root, path, source) if index is None else index.num_frames
+                  for path, index, source in zip(paths, indexes, sources)]
         for name, path, num_frames, video_labels in zip(names, paths, counts, labels):
             if video_labels is not None and len(video_labels) != num_frames:
                 raise MVFormerError(f"{root}: labels/{name}.csv has {len(video_labels)} rows but "
@@ -225,6 +348,30 @@ class VideoDataset:
         """Whether every video has frame labels (only then can the split be scored)."""
         return all(record.labels is not None for record in self.records)
 
+    def check_scorable(self, num_classes: int | None = None, leading_videos: int = 1) -> None:
+        """Refuse, with one line naming the split (and the video), what the protocol metrics would refuse only
+        after the long work: a video without labels, no labelled frame in the split or in its first
+        `leading_videos` videos (the fewest a probe is fitted on), or a labelled video missing a phase that
+        progression needs (each of 0..C-2, C = num_classes, default this split's)."""
+        where = f"{self.root}: split {self.split}"
+        unlabelled = next((record for record in self.records if record.labels is None), None)
+        if unlabelled is not None:
+            raise MVFormerError(f"{where} has no frame labels for video {unlabelled.name!r}, so it cannot be scored")
+        labelled = np.array([bool((record.labels >= 0).any()) for record in self.records])  # (videos,)
+        if not labelled.any():
+            raise MVFormerError(f"{self.root}: no labelled frame in split {self.split} (every label is -1)")
+        if not labelled[:max(1, leading_videos)].any():
+            raise MVFormerError(f"{where}: no labelled frame in its first {max(1, leading_videos)} videos, the "
+                                f"fewest a probe is fitted on (eval.fractions)")
+        classes = self.num_classes if num_classes is None else num_classes
+        needed = np.arange(max(classes - 1, 0))  # (C - 1,)
+        for record in (record for record, has_labels in zip(self.records, labelled) if has_labels):
+            missing = np.setdiff1d(needed, record.labels)
+            if missing.size:
+                raise MVFormerError(f"{where}: video {record.name!r} has no frame of phase {missing[0]}; phase "
+                                    f"progression needs every phase but the last (0..{classes - 2}) in every "
+                                    f"labelled video")
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -239,3 +386,16 @@ class VideoDataset:
         if indices is None:
             return video.copy()
         return video[as_frame_indices(indices, record.path, len(video))]
+
+
+def check_scorable_pair(train_set: VideoDataset, val_set: VideoDataset, leading_videos: int = 1) -> None:
+    """Refuse, before any long work, a train/val pair the protocol metrics could not score or would score
+    wrongly: each split as `VideoDataset.check_scorable` with train's class count, and no val label among
+    classes train does not know (without classes.txt a split knows 0..its largest label)."""
+    train_set.check_scorable(leading_videos=leading_videos)
+    val_set.check_scorable(train_set.num_classes)
+    largest = max(int(record.labels.max()) for record in val_set.records)
+    if largest >= train_set.num_classes:
+        raise MVFormerError(f"{val_set.root}: split {val_set.split} has label {largest} but split {train_set.split} "
+                            f"knows {train_set.num_classes} classes (0..{train_set.num_classes - 1}); list every "
+                            f"class in classes.txt")

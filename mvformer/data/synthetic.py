@@ -8,6 +8,9 @@ mirroring and camera jitter vary per video, so a representation has to find the 
 
 from __future__ import annotations
 
+import math
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import numpy as np
 from mvformer.data.datasets import write_split
 from mvformer.data.video import write_video
 from mvformer.errors import MVFormerError
+from mvformer.files import write_text
 
 phase_names = ("approach", "tilt", "pour", "return")
 
@@ -222,24 +226,33 @@ def _render_video(rng: np.random.Generator, size: int, num_frames: int) -> tuple
     return np.ascontiguousarray(frames), timeline.labels
 
 
-def generate_pouring_dataset(root: str | Path, num_train: int = 48, num_val: int = 24, size: int = 64,
-                             min_frames: int = 48, max_frames: int = 96, seed: int = 0, fps: float = 25) -> Path:
-    """Write the pouring demo dataset in the generic layout (videos/, labels/, classes.txt, splits/) under root.
+MAX_SIZE = 512  # pixels: the renderer holds several float32 (T, size, size, 3) arrays
+MAX_VIDEOS = 100_000
+_DATASET_ENTRIES = {"videos", "labels", "splits", "classes.txt"}  # what a generic-layout dataset holds
 
-    Deterministic: video i depends only on (seed, i), so the same arguments give identical frames and labels.
-    Labels are the class names of `phase_names`, one row per frame, non-decreasing within a video.
-    """
-    if min_frames < _MIN_FRAMES or max_frames < min_frames:
-        raise MVFormerError(f"pouring dataset: need {_MIN_FRAMES} <= min_frames <= max_frames, "
-                            f"got {min_frames} and {max_frames}")
-    if size < 16 or size % 2:
-        raise MVFormerError(f"pouring dataset: size must be an even number of pixels >= 16, got {size}")
-    if num_train < 1 or num_val < 1:
-        raise MVFormerError(f"pouring dataset: need at least one train and one val video, got {num_train}, {num_val}")
-    root = Path(root)
+
+def _check_destination(root: Path, overwrite: bool) -> None:
+    """Refuse a file, a non-empty folder without `overwrite`, and (even with it) a folder holding anything but a
+    dataset's videos/, labels/, splits/ and classes.txt, so that overwrite never deletes unrelated files."""
+    if not str(root).strip():
+        raise MVFormerError("pouring dataset: the destination folder is not set")
+    if root.exists() and not root.is_dir():
+        raise MVFormerError(f"{root}: exists and is not a folder")
+    present = sorted(entry.name for entry in root.iterdir()) if root.is_dir() else []
+    if present and not overwrite:
+        raise MVFormerError(f"{root}: already exists and is not empty; pass --overwrite to replace it")
+    foreign = [name for name in present if name not in _DATASET_ENTRIES]
+    if foreign:
+        raise MVFormerError(f"{root}: holds {foreign[0]}, which is not part of a dataset; refusing to replace the "
+                            f"folder even with --overwrite")
+
+
+def _write_dataset(root: Path, num_train: int, num_val: int, size: int, min_frames: int, max_frames: int,
+                   seed: int, fps: float) -> None:
+    """Render every video and write the generic layout into the (new, empty) folder `root`."""
     for folder in ("videos", "labels"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in phase_names))
+        (root / folder).mkdir()
+    write_text(root / "classes.txt", "".join(f"{name}\n" for name in phase_names))
     names = [f"pour_{index:03d}" for index in range(num_train + num_val)]
     for index, name in enumerate(names):
         rng = np.random.default_rng([seed, index])
@@ -247,7 +260,61 @@ def generate_pouring_dataset(root: str | Path, num_train: int = 48, num_val: int
         frames, labels = _render_video(rng, size, num_frames)
         write_video(root / "videos" / f"{name}.mp4", frames, fps=fps)
         rows = "".join(f"{frame},{phase_names[label]}\n" for frame, label in enumerate(labels))
-        (root / "labels" / f"{name}.csv").write_text("frame,label\n" + rows)
+        write_text(root / "labels" / f"{name}.csv", "frame,label\n" + rows)
     write_split(root, "train", names[:num_train])
     write_split(root, "val", names[num_train:])
+
+
+def _build_and_swap(root: Path, build) -> None:
+    """Run build(folder) on a new temporary folder beside root, then move it into root's place (an existing root
+    is moved aside first and back if the move fails, and deleted only once the new one is in place)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    old = building.with_suffix(".old")
+    try:
+        build(building)
+        if root.exists():
+            root.rename(old)
+        try:
+            building.rename(root)
+        except OSError:
+            if old.exists():
+                old.rename(root)
+            raise
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def generate_pouring_dataset(root: str | Path, num_train: int = 48, num_val: int = 24, size: int = 64,
+                             min_frames: int = 48, max_frames: int = 96, seed: int = 0, fps: float = 25,
+                             overwrite: bool = False) -> Path:
+    """Write the pouring demo dataset in the generic layout (videos/, labels/, classes.txt, splits/) under root.
+
+    Deterministic: video i depends only on (seed, i), so the same arguments give identical frames and labels.
+    Labels are the class names of `phase_names`, one row per frame, non-decreasing within a video.
+    root must be missing or empty, or hold a dataset and `overwrite` be given. The dataset is written into a
+    temporary folder beside root and moved into place once complete: a failure leaves root as it was.
+    """
+    if min_frames < _MIN_FRAMES or max_frames < min_frames:
+        raise MVFormerError(f"pouring dataset: need {_MIN_FRAMES} <= min_frames <= max_frames, "
+                            f"got {min_frames} and {max_frames}")
+    if size < 16 or size > MAX_SIZE or size % 2:
+        raise MVFormerError(f"pouring dataset: size must be an even number of pixels in [16, {MAX_SIZE}], got {size}")
+    if not (1 <= num_train <= MAX_VIDEOS and 1 <= num_val <= MAX_VIDEOS):
+        raise MVFormerError(f"pouring dataset: need 1 to {MAX_VIDEOS} train and val videos, got {num_train}, "
+                            f"{num_val}")
+    if not 0 <= seed < 2**63:
+        raise MVFormerError(f"pouring dataset: seed must be in [0, 2**63), got {seed}")
+    if not (math.isfinite(fps) and 0 < fps <= 1000):
+        raise MVFormerError(f"pouring dataset: fps must be in (0, 1000], got {fps}")
+    root = Path(root)
+    try:
+        _check_destination(root, overwrite)
+        _build_and_swap(root.absolute(), lambda folder: _write_dataset(folder, num_train, num_val, size, min_frames,
+                                                                        max_frames, seed, fps))
+    except OSError as error:
+        raise MVFormerError(f"{root}: cannot write the dataset ({error.strerror or error}); nothing was "
+                            f"replaced") from None
     return root

@@ -282,9 +282,18 @@ def _gaussian_blur(views: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor
     return views.index_copy(0, chosen, flat.view(num_views, num_steps, channels, height, width))
 
 
-def prepare_frames(frames: torch.Tensor | np.ndarray, image_size: int, mean: Sequence[float],
-                   std: Sequence[float]) -> torch.Tensor:
+def prepare_frames(frames: torch.Tensor | np.ndarray, image_size: int, mean: Sequence[float], std: Sequence[float],
+                   mode: str = "squash") -> torch.Tensor:
     """The one evaluation-time frame preparation (evaluation, feature cache, own-video commands):
-    uint8 (L, H, W, 3) -> normalised float (L, 3, S, S): centre square crop, resize, mean/std."""
+    uint8 (L, H, W, 3) -> normalised float (L, 3, S, S).
+
+    squash: frames decoded squashed to S x S pass unchanged (any other size: centre square of the short side,
+    resized). native: the central S x S pixels at native resolution (FineGym, Kinetics, as published); a frame
+    smaller than S in either direction falls back to the squash preparation.
+    """
     video = torch.as_tensor(frames)[None]  # (1, L, H, W, 3)
+    height, width = video.shape[2:4]
+    if mode == "native" and height >= image_size and width >= image_size:
+        top, left = math.ceil((height - image_size) / 2), math.ceil((width - image_size) / 2)
+        video = video[:, :, top:top + image_size, left:left + image_size]
     return normalize(augment_views(video, None, image_size, None)[0], mean, std)

@@ -1,7 +1,9 @@
 """Decode and encode videos with PyAV: video files (any container FFmpeg reads) and folders of frame images.
 
 Every decoding problem (missing, corrupt, truncated file) surfaces as a one-line MVFormerError, never as a
-PyAV traceback, because these paths come straight from the user's dataset.
+PyAV traceback, because these paths come straight from the user's dataset. File names are taken literally: FFmpeg
+is given absolute paths (no "proto:" prefix is read as a protocol) and images are opened with the image2 pattern
+matching off (a name holding "%d", "[1]" or "*" is that one file, never a sequence or a glob).
 """
 
 from __future__ import annotations
@@ -48,7 +50,11 @@ def _index_out_of_range(source: str | Path, index: int, num_frames: int) -> MVFo
 def frame_image_paths(folder: Path) -> list[Path]:
     """The frame images of a frame folder in frame order (by the number ending each name), gap-free."""
     numbered: dict[int, Path] = {}
-    for path in folder.iterdir():
+    try:
+        entries = list(folder.iterdir())
+    except OSError as error:
+        raise MVFormerError(f"{folder}: cannot list frame folder ({error.strerror or error})") from None
+    for path in entries:
         if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         match = _TRAILING_NUMBER.search(path.stem)
@@ -84,8 +90,10 @@ def _video_stream(path: Path) -> Iterator[tuple[av.container.InputContainer, av.
     """The open container and first video stream of `path`; FFmpeg failures inside become MVFormerError."""
     if not path.is_file():
         raise MVFormerError(f"{path}: cannot decode video (no such file)")
+    is_image = path.suffix.lower() in IMAGE_SUFFIXES
+    literal = {"format": "image2", "options": {"pattern_type": "none"}} if is_image else {}
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path.absolute()), **literal) as container:
             if not container.streams.video:
                 raise MVFormerError(f"{path}: cannot decode video (no video stream)")
             yield container, container.streams.video[0]

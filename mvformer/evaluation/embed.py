@@ -1,14 +1,17 @@
 """Run a model over whole videos (every frame, no augmentation) and score the embeddings."""
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from mvformer.config import EvalConfig
-from mvformer.data.datasets import VideoDataset
+from mvformer.config import Config, EvalConfig
+from mvformer.data.datasets import VideoDataset, is_generic_root
+from mvformer.data.formats import open_dataset, penn_action_actions
 from mvformer.errors import MVFormerError
-from mvformer.evaluation.metrics import evaluate_embeddings
+from mvformer.evaluation.metrics import evaluate_embeddings, mean_of_metrics
 from mvformer.features.cache import FeatureCache
 from mvformer.model.mvformer import MVFormer
 from mvformer.progress import progress_bar
@@ -24,10 +27,20 @@ def _video_chunks(model: MVFormer, frames: np.ndarray) -> Iterator[tuple[torch.T
 
 
 def _cached_chunks(cache: FeatureCache, split: str, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Cached features of consecutive chunks of one video (the backbone replaced by reads)."""
+    """Cached features of consecutive chunks of one cached video (the backbone replaced by reads)."""
     num_frames = cache.records(split)[index].num_frames
     for start in range(0, num_frames, CHUNK_FRAMES):
         yield cache.features(split, index, np.arange(start, min(start + CHUNK_FRAMES, num_frames)))
+
+
+def _cache_rows(cache: FeatureCache, split: str, dataset: VideoDataset) -> list[int]:
+    """The cached video of each video of `dataset`, by name (a dataset may be a part of the cached split, as one
+    Penn Action action is of all 13)."""
+    rows = {video.name: row for row, video in enumerate(cache.records(split))}
+    missing = [record.name for record in dataset.records if record.name not in rows]
+    if missing:
+        raise MVFormerError(f"{cache.folder}: video {missing[0]} of {dataset.root} is not in the cached {split} split")
+    return [rows[record.name] for record in dataset.records]
 
 
 @torch.no_grad()
@@ -41,29 +54,86 @@ def embed_split(model: MVFormer, dataset: VideoDataset, device: torch.device, ca
                             f"model expects {model.backbone.patch_dim}/{model.backbone.cls_dim}")
     was_training = model.training
     model.eval().to(device)
+    rows = _cache_rows(cache, split, dataset) if cache is not None else None
     embeddings = []
     for index in progress_bar(range(len(dataset)) if indices is None else indices, desc=desc, leave=False,
                               unit="video"):
-        chunks = _video_chunks(model, dataset.frames(index)) if cache is None else _cached_chunks(cache, split, index)
+        chunks = _video_chunks(model, dataset.frames(index)) if cache is None else \
+            _cached_chunks(cache, split, rows[index])
         embeddings.append(model.embed_token_chunks(chunks).cpu().numpy())
     model.train(was_training)
     return embeddings
 
 
-def score_embeddings(train_embs: list[np.ndarray], train_set: VideoDataset, val_embs: list[np.ndarray],
-                     val_set: VideoDataset, cfg: EvalConfig) -> dict:
-    """The four protocol metrics of per-video embeddings of a labelled train/val pair of datasets."""
-    if train_set.num_classes is None or any(r.labels is None for r in train_set.records + val_set.records):
-        raise MVFormerError(f"{train_set.root}: the dataset has no frame labels, so it cannot be scored")
-    return evaluate_embeddings(
-        train_embs, [r.labels for r in train_set.records], val_embs, [r.labels for r in val_set.records],
-        num_classes=train_set.num_classes, fractions=tuple(cfg.fractions), ks=tuple(cfg.ks), stride=cfg.stride,
-        classifier=cfg.classifier)
+@dataclass
+class EvaluationSet:
+    """One dataset scored on its own: its train split (probes are fitted there) and its val split."""
+
+    name: str
+    train: VideoDataset
+    val: VideoDataset
+
+
+def evaluation_sets(config: Config, roots: Sequence[str | Path] | None = None,
+                    opened: tuple[VideoDataset, VideoDataset] | None = None) -> list[EvaluationSet]:
+    """The datasets a run is scored on (PROTOCOL.md): the training data by default, else each of `roots` (a root
+    holding splits/ in the generic layout, any other in the config's format). Penn Action without a chosen action
+    becomes its 13 actions, each scored on its own and averaged. `opened`: the training data's (train, val) splits
+    already opened, reused when they are what is scored."""
+    sets = []
+    for root in [Path(root) for root in (roots or [config.data.root])]:
+        format = "generic" if is_generic_root(root) else config.data.format
+        subset = None if format == "generic" else config.data.subset
+        if format == "penn_action" and subset is None:
+            named = [(action, action) for action in penn_action_actions(root)]
+        else:
+            named = [(root.name if subset is None else f"{root.name}_{subset}", subset)]
+        for name, chosen in named:
+            if opened is not None and roots is None and chosen == subset:
+                train_set, val_set = opened
+            else:
+                train_set, val_set = (open_dataset(root, split, format, chosen, size=config.data.decode_size)
+                                      for split in ("train", "val"))
+            sets.append(EvaluationSet(name, train_set, val_set))
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise MVFormerError(f"dataset folders must have different names to be reported apart: {', '.join(names)}")
+    for dataset in (d for s in sets for d in (s.train, s.val)):
+        check_scorable(dataset)
+    return sets
+
+
+def check_scorable(dataset: VideoDataset) -> None:
+    """Refuse, before any long work, a split that cannot be scored: no labels, or no labelled frame at all."""
+    if dataset.num_classes is None or not dataset.labelled:
+        raise MVFormerError(f"{dataset.root}: the {dataset.split} split has no frame labels, so it cannot be scored")
+    if not any((record.labels >= 0).any() for record in dataset.records):
+        raise MVFormerError(f"{dataset.root}: every frame of the {dataset.split} split is unlabelled (-1), so it "
+                            f"cannot be scored")
+
+
+def score_sets(sets: Sequence[EvaluationSet], embeddings: Sequence[tuple[list[np.ndarray], list[np.ndarray]]],
+               cfg: EvalConfig) -> dict:
+    """The protocol metrics of each set from its (train, val) embeddings, and their mean over sets:
+    {"datasets": {name: metrics}, "mean": metrics}. The one scoring path of training and `mvformer evaluate`."""
+    datasets = {}
+    for dataset, (train_embs, val_embs) in zip(sets, embeddings):
+        try:
+            datasets[dataset.name] = evaluate_embeddings(
+                train_embs, [r.labels for r in dataset.train.records], val_embs, [r.labels for r in dataset.val.records],
+                num_classes=dataset.train.num_classes, fractions=tuple(cfg.fractions), ks=tuple(cfg.ks),
+                stride=cfg.stride, classifier=cfg.classifier)
+        except MVFormerError as error:
+            raise MVFormerError(f"{dataset.train.root}: {error}") from None
+    return {"datasets": datasets, "mean": mean_of_metrics(list(datasets.values()))}
 
 
 def evaluate_model(model: MVFormer, train_set: VideoDataset, val_set: VideoDataset, cfg: EvalConfig,
                    device: torch.device) -> dict:
-    """Embed both splits with `model` and score them."""
-    train_embs = embed_split(model, train_set, device, split="train", desc="embedding train")
-    val_embs = embed_split(model, val_set, device, split="val", desc="embedding val")
-    return score_embeddings(train_embs, train_set, val_embs, val_set, cfg)
+    """Embed both splits with `model` and score them (the metrics of this one dataset)."""
+    dataset = EvaluationSet("data", train_set, val_set)
+    check_scorable(train_set)
+    check_scorable(val_set)
+    embeddings = [(embed_split(model, train_set, device, split="train", desc="embedding train"),
+                   embed_split(model, val_set, device, split="val", desc="embedding val"))]
+    return score_sets([dataset], embeddings, cfg)["mean"]

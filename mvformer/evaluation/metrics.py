@@ -413,3 +413,11 @@ def evaluate_embeddings(
         precisions = retrieval_precision(val_embs, val_labels, ks=ks, stride=stride)
         results["retrieval"] = {str(k): value for k, value in precisions.items()}
     return results
+
+
+def mean_of_metrics(values: list):
+    """Mean over datasets of a metric (a float, or a dict of floats): None where any dataset has None, as the
+    paper's average over Penn Action's 13 actions has no meaning without all of them."""
+    if isinstance(values[0], dict):
+        return {key: mean_of_metrics([value[key] for value in values]) for key in values[0]}
+    return None if any(value is None for value in values) else float(np.mean(values))

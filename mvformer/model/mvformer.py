@@ -4,6 +4,7 @@ The same class is the late-fusion (CARL-style) baseline and the fixed-width base
 pooler changes (`model.pooling`), everything after it is shared.
 """
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -100,14 +101,19 @@ class EmbeddingHead(nn.Module):
 class MVFormer(nn.Module):
     """Frozen backbone + trainable head; `forward` maps frames to L2-normalised frame embeddings.
 
-    The model knows its own sizes only: the square input `image_size` and `train_len`, the clip length its time
-    encoding was trained over. `build_model` makes one from a run's whole `Config` and keeps that as `.config`.
+    The model knows its own input only: the square `image_size`, how frames are fitted to it (`frame_mode`),
+    `train_len`, the clip length its time encoding was trained over, and `max_encoder_frames`, the longest stretch of
+    a video the temporal encoder sees at once at evaluation. `build_model` makes one from a run's whole `Config`
+    and keeps that as `.config`.
     """
 
     def __init__(self, model_cfg: ModelConfig, backbone_cfg: BackboneConfig, image_size: int, train_len: int,
-                 backbone: FrozenBackbone | None = None):
+                 backbone: FrozenBackbone | None = None, frame_mode: str = "squash",
+                 max_encoder_frames: int | None = None):
         super().__init__()
         self.image_size = image_size
+        self.frame_mode = frame_mode
+        self.max_encoder_frames = max_encoder_frames
         self.backbone = backbone or build_backbone(backbone_cfg.name, backbone_cfg.blocks, path=backbone_cfg.path,
                                                    image_size=image_size, chunk_size=backbone_cfg.chunk_size)
         self.head = EmbeddingHead(model_cfg, self.backbone.patch_dim, self.backbone.cls_dim, train_len)
@@ -117,7 +123,8 @@ class MVFormer(nn.Module):
     def prepare(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 frames (L, H, W, 3) -> the normalised model input (L, 3, S, S) on the model's device."""
         device = next(self.head.parameters()).device
-        return prepare_frames(frames, self.image_size, self.backbone.mean, self.backbone.std).to(device)
+        return prepare_frames(frames, self.image_size, self.backbone.mean, self.backbone.std,
+                              self.frame_mode).to(device)
 
     def features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B, T, 3, S, S) normalised -> patch tokens (B, T, P, C), CLS (B, T, C_cls); no gradient."""
@@ -153,8 +160,14 @@ class MVFormer(nn.Module):
     @torch.no_grad()
     def encode_pooled(self, tokens: torch.Tensor) -> torch.Tensor:
         """A whole video's entity tokens (1, L, N, D) -> (L, E) float32 L2-normalised embeddings: the temporal
-        encoder sees every frame, its time encoding interpolated over the training length (PROTOCOL.md)."""
-        return F.normalize(self.head.encode_tokens(tokens), dim=-1)[0].float()
+        encoder sees every frame, its time encoding interpolated over the training length (PROTOCOL.md). A video
+        longer than `max_encoder_frames` goes through it as ceil(L / max) equal chunks (the last one shorter), each
+        on its own with its own time encoding, as the published evaluation does."""
+        length = tokens.shape[1]
+        num_chunks = math.ceil(length / self.max_encoder_frames) if self.max_encoder_frames else 1
+        chunks = tokens.split(math.ceil(length / num_chunks), dim=1)  # (1, <= max, N, D) each
+        embs = torch.cat([self.head.encode_tokens(chunk) for chunk in chunks], dim=1)  # (1, L, E)
+        return F.normalize(embs, dim=-1)[0].float()
 
     def embed_token_chunks(self, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """The one whole-video embedding, used for videos (`embed_video`), the feature cache and the own-video
@@ -188,8 +201,18 @@ class MVFormer(nn.Module):
         self.load_state_dict(state, strict=False)
 
 
+def check_finite_weights(model: MVFormer, source: str) -> None:
+    """Refuse weights that hold NaN or Inf: nothing made from them (embeddings, exports) would mean anything."""
+    bad = next((key for key, value in model.trainable_state_dict().items()
+                if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    if bad is not None:
+        raise MVFormerError(f"{source}: the weights hold NaN or Inf (first: '{bad}'); they cannot be used")
+
+
 def build_model(config: Config, backbone: FrozenBackbone | None = None) -> MVFormer:
-    """The model a run's config describes (input size from data.image_size, time encoding over data.clip_len)."""
-    model = MVFormer(config.model, config.backbone, config.data.image_size, config.data.clip_len, backbone)
+    """The model a run's config describes (input from data.image_size and data.frames, time encoding over
+    data.clip_len, evaluation chunks of eval.frames_per_batch)."""
+    model = MVFormer(config.model, config.backbone, config.data.image_size, config.data.clip_len, backbone,
+                     frame_mode=config.data.frames, max_encoder_frames=config.eval.frames_per_batch)
     model.config = config
     return model

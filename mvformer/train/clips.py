@@ -22,11 +22,14 @@ class _Clips(Dataset):
     """What both clip sources share: the views of video i in epoch e, drawn from (seed, e, i), and the item's
     time fields: steps and masks (2, T), seq_lens (2,)."""
 
-    def __init__(self, lengths: list[int], clip_len: int, max_stretch: float, seed: int):
+    def __init__(self, lengths: list[int], clip_len: int, max_stretch: float, seed: int, rule: str = "whole_video",
+                 consistent_offset: float = 0.2):
         self.lengths = lengths
         self.clip_len = clip_len
         self.max_stretch = max_stretch
         self.seed = seed
+        self.rule = rule
+        self.consistent_offset = consistent_offset
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -37,7 +40,8 @@ class _Clips(Dataset):
 
     def views(self, index: int, rng: np.random.Generator | None = None) -> ClipViews:
         rng = rng if rng is not None else self.rng(index)
-        return sample_views(self.lengths[index], self.clip_len, rng, max_stretch=self.max_stretch)
+        return sample_views(self.lengths[index], self.clip_len, rng, max_stretch=self.max_stretch, rule=self.rule,
+                            consistent_offset=self.consistent_offset)
 
     @staticmethod
     def item(views: ClipViews, **inputs: torch.Tensor) -> dict:
@@ -47,13 +51,17 @@ class _Clips(Dataset):
 
 
 class TrainingClips(_Clips):
-    """Two views of each video: uint8 frames (2, T, H, W, 3) and the seed of their augmentation (applied to whole
-    batches on the training device by `augment_batch`). A video that cannot be decoded gives {"skipped": reason}
-    instead: training skips it and counts it."""
+    """Two views of each video: uint8 frames (2, T, H, W, 3) and the seed of their augmentation, applied to whole
+    batches on the training device by `augment_batch`. Frames decoded at native resolution (which differs between
+    videos) are augmented here instead, with the same draw: `views` float (2, T, 3, S, S) in [0, 1]. A video that
+    cannot be decoded gives {"skipped": reason} instead: training skips it and counts it."""
 
-    def __init__(self, videos: VideoDataset, clip_len: int, max_stretch: float, seed: int):
-        super().__init__([record.num_frames for record in videos.records], clip_len, max_stretch, seed)
+    def __init__(self, videos: VideoDataset, clip_len: int, max_stretch: float, seed: int, rule: str = "whole_video",
+                 consistent_offset: float = 0.2, augment_here: tuple[int, AugmentConfig] | None = None):
+        super().__init__([record.num_frames for record in videos.records], clip_len, max_stretch, seed, rule,
+                         consistent_offset)
         self.videos = videos
+        self.augment_here = augment_here  # (output size, augmentation) for native-resolution frames
 
     def __getitem__(self, index: int) -> dict:
         views = self.views(index)
@@ -63,7 +71,11 @@ class TrainingClips(_Clips):
         except MVFormerError as error:
             return {"skipped": str(error)}
         seed = np.random.default_rng([self.seed, self.epoch, index, 1]).integers(2**63)
-        return self.item(views, frames=torch.from_numpy(frames), augment_seed=torch.tensor(seed))
+        if self.augment_here is None:
+            return self.item(views, frames=torch.from_numpy(frames), augment_seed=torch.tensor(seed))
+        size, augment = self.augment_here
+        views_here = augment_views(torch.from_numpy(frames), torch.Generator().manual_seed(int(seed)), size, augment)
+        return self.item(views, views=views_here)
 
 
 class CachedTrainingClips(_Clips):
@@ -76,8 +88,9 @@ class CachedTrainingClips(_Clips):
     """
 
     def __init__(self, cache: FeatureCache, split: str, clip_len: int, max_stretch: float, seed: int,
-                 augmented: bool = True):
-        super().__init__([video.num_frames for video in cache.records(split)], clip_len, max_stretch, seed)
+                 rule: str = "whole_video", consistent_offset: float = 0.2, augmented: bool = True):
+        super().__init__([video.num_frames for video in cache.records(split)], clip_len, max_stretch, seed, rule,
+                         consistent_offset)
         self.cache = cache
         self.split = split
         self.num_copies = cache.num_copies if augmented and split == AUGMENTED_SPLIT else 0

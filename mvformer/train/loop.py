@@ -8,8 +8,10 @@ another of `_train_epoch`, each step one `_step`.
 """
 
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,31 +24,24 @@ from torch.utils.data import DataLoader
 from mvformer.checkpoint import (
     CHECKPOINT_NAME,
     CHECKPOINT_VERSION,
+    METRICS_NAME,
+    config_differences,
     load_checkpoint,
     save_checkpoint,
+    trainable_weights,
 )
-from mvformer.config import Config, save_config
+from mvformer.config import Config, TrainConfig, save_config
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.formats import has_split, open_dataset
+from mvformer.data.transforms import normalize
 from mvformer.errors import MVFormerError
-from mvformer.evaluation.embed import embed_split, score_embeddings
+from mvformer.evaluation.embed import EvaluationSet, check_scorable, embed_split, evaluation_sets, score_sets
 from mvformer.features.cache import FeatureCache, open_feature_cache
 from mvformer.losses.scl import sequence_contrastive_loss
 from mvformer.model.mvformer import MVFormer, build_model
 from mvformer.progress import note, progress_bar, silent
-from mvformer.runtime import (
-    random_states,
-    resolve_device,
-    restore_random_states,
-    seed_everything,
-)
-from mvformer.train.clips import (
-    CachedTrainingClips,
-    TrainingClips,
-    augment_batch,
-    collate_clips,
-    epoch_batches,
-)
+from mvformer.runtime import random_states, resolve_device, restore_random_states, seed_everything
+from mvformer.train.clips import CachedTrainingClips, TrainingClips, augment_batch, collate_clips, epoch_batches
 from mvformer.train.distributed import (
     Ranks,
     any_rank,
@@ -80,6 +75,8 @@ class _Run:
     val_set: VideoDataset | None
     checkpoint_path: Path
     say: Callable[[str], None]
+    scaler: torch.amp.GradScaler | None = None
+    eval_sets: list[EvaluationSet] | None = None
     cache: FeatureCache | None = None
     clips: TrainingClips | CachedTrainingClips | None = None
     step_module: nn.Module | None = None
@@ -93,11 +90,14 @@ class _Run:
         return self.val_set is not None and self.train_set.labelled and self.val_set.labelled
 
 
-def learning_rate_factor(epoch: int, epochs: int, warmup_epochs: int) -> float:
-    """Per-epoch schedule: linear warm-up over `warmup_epochs`, then cosine decay towards 0."""
-    if epoch < warmup_epochs:
-        return (epoch + 1) / (warmup_epochs + 1)
-    progress = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
+def learning_rate_factor(epoch: int, cfg: TrainConfig) -> float:
+    """The per-epoch schedule. cosine (published): CosineAnnealingLR with T_max = epochs + 1 stepped per epoch,
+    (1 + cos(pi * e / (epochs + 1))) / 2. warmup_cosine: linear warm-up over `warmup_epochs`, then cosine to 0."""
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / (cfg.epochs + 1)))
+    if epoch < cfg.warmup_epochs:
+        return (epoch + 1) / (cfg.warmup_epochs + 1)
+    progress = (epoch - cfg.warmup_epochs) / max(1, cfg.epochs - cfg.warmup_epochs)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -122,9 +122,12 @@ class _TrainStep(nn.Module):
 def _open_data(config: Config, train_set: VideoDataset | None, val_set: VideoDataset | None,
                say: Callable[[str], None]) -> tuple[VideoDataset, VideoDataset | None]:
     """The training split and, when the dataset has one, the validation split."""
+    if train_set is None and not config.data.root.strip():
+        raise MVFormerError("data.root is not set: name the dataset in the config or with --set data.root=PATH")
+
     def load(split: str) -> VideoDataset:
         return open_dataset(config.data.root, split, config.data.format, config.data.subset,
-                            size=config.data.image_size, preload=config.data.preload)
+                            size=config.data.decode_size, preload=config.data.preload)
 
     train_set = train_set or load("train")
     if val_set is None and has_split(config.data.root, config.data.format, "val"):
@@ -135,6 +138,50 @@ def _open_data(config: Config, train_set: VideoDataset | None, val_set: VideoDat
     return train_set, val_set
 
 
+def _evaluation_sets(run: _Run) -> list[EvaluationSet]:
+    """What training's evaluation scores, checked before the first step: the training data, or each Penn Action
+    action on its own (PROTOCOL.md), exactly as `mvformer evaluate` does."""
+    if run.config.data.format == "penn_action" and run.config.data.subset is None:
+        return evaluation_sets(run.config)
+    check_scorable(run.train_set)
+    check_scorable(run.val_set)
+    return [EvaluationSet(Path(run.config.data.root).name or "data", run.train_set, run.val_set)]
+
+
+@contextmanager
+def _locked(run_dir: Path, is_main: bool) -> Iterator[None]:
+    """Hold RUN/.lock while training writes into the run folder: a second process refuses to write into it too.
+    A lock left by a process that no longer runs (killed) is taken over."""
+    if not is_main:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".lock"
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+                os.kill(holder, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:
+                pass
+            raise MVFormerError(f"{run_dir}: another mvformer process ({holder}) is training into this folder") \
+                from None
+    else:
+        raise MVFormerError(f"{run_dir}: cannot take the run folder's lock {lock}")
+    try:
+        os.write(descriptor, str(os.getpid()).encode())
+        os.close(descriptor)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def _start(run: _Run, resume: bool) -> tuple[int, int, list[float]]:
     """Resume from the run folder's checkpoint, or claim a fresh run folder; returns (epoch, step, epoch losses)."""
     config, ranks, path = run.config, run.ranks, run.checkpoint_path
@@ -143,21 +190,29 @@ def _start(run: _Run, resume: bool) -> tuple[int, int, list[float]]:
         state = load_checkpoint(path)
         if state["version"] != CHECKPOINT_VERSION:
             raise MVFormerError(f"{path}: a version-{state['version']} checkpoint can be evaluated but not resumed")
-        if state["config"] != config.to_dict():
-            raise MVFormerError(f"{path}: was written with a different config; resume with the same one")
+        differences = config_differences(state["config"], config.to_dict(), ignore=("train.output_dir",))
+        if differences:
+            raise MVFormerError(f"{path}: was written with a different config (first: '{differences[0]}'); resume "
+                                f"with the same one")
         if state["world_size"] != ranks.world_size:
             raise MVFormerError(f"{path}: was written by {state['world_size']} processes; resume it with the same "
                                 f"number (got {ranks.world_size})")
         run.model.load_trainable_state_dict(state["model"], str(path))
         run.optimizer.load_state_dict(state["optimizer"])
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
         restore_random_states(state["random_states"][ranks.rank])
         run.counters.update(state["counters"])
         start = (state["epoch"], state["step"], list(state["epoch_losses"]))
     elif path.exists():
         raise MVFormerError(f"{path.parent}: already holds a checkpoint; pass --resume to continue it or choose "
                             f"another train.output_dir")
+    elif path.parent.is_dir() and any(entry.name != ".lock" for entry in path.parent.iterdir()):
+        raise MVFormerError(f"{path.parent}: holds files of another run ({METRICS_NAME}, config.yaml, ...); a fresh "
+                            f"run needs an empty or new train.output_dir")
+    elif config.train.init_from:
+        run.model.load_trainable_state_dict(trainable_weights(config.train.init_from), config.train.init_from)
     if ranks.is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
         save_config(config, path.parent / "config.yaml")
         run.log = MetricsLog(path.parent)
     return start
@@ -169,24 +224,31 @@ def _open_clips(run: _Run) -> None:
     opened = {"train": run.train_set, **({"val": run.val_set} if run.val_set is not None else {})}
     run.cache = open_feature_cache(config, tuple(opened), augmented=config.data.augment.enabled, datasets=opened,
                                    note=run.say)
-    clip_args = (config.data.clip_len, config.data.max_stretch, config.train.seed)
+    clip_args = (config.data.clip_len, config.data.max_stretch, config.train.seed, config.data.sampling,
+                 config.data.consistent_offset)
     if run.cache is not None:
         run.clips = CachedTrainingClips(run.cache, "train", *clip_args, augmented=config.data.augment.enabled)
     else:
-        run.clips = TrainingClips(run.train_set, *clip_args)
+        native = (config.data.image_size, config.data.augment) if config.data.decode_size is None else None
+        run.clips = TrainingClips(run.train_set, *clip_args, augment_here=native)
 
 
 def _evaluate(run: _Run) -> dict | None:
-    """Protocol metrics, the videos embedded by all ranks (each a share) and scored on rank 0 (None elsewhere)."""
-    ranks, splits = run.ranks, []
-    for split, dataset in (("train", run.train_set), ("val", run.val_set)):
-        mine = list(range(ranks.rank, len(dataset), ranks.world_size))
-        embs = embed_split(run.model, dataset, run.device, run.cache, split, f"embedding {split}", mine)
-        shares = gather_objects(dict(zip(mine, embs)), ranks)
-        splits.append([{k: v for share in shares for k, v in share.items()}[i] for i in range(len(dataset))])
+    """Protocol metrics of every evaluation set ({"datasets": ..., "mean": ...}), the videos embedded by all ranks
+    (each a share) and scored on rank 0 (None elsewhere)."""
+    ranks, embedded = run.ranks, []
+    for dataset in run.eval_sets:
+        splits = []
+        for split, videos in (("train", dataset.train), ("val", dataset.val)):
+            mine = list(range(ranks.rank, len(videos), ranks.world_size))
+            embs = embed_split(run.model, videos, run.device, run.cache, split, f"embedding {dataset.name} {split}",
+                               mine)
+            shares = gather_objects(dict(zip(mine, embs)), ranks)
+            splits.append([{k: v for share in shares for k, v in share.items()}[i] for i in range(len(videos))])
+        embedded.append(tuple(splits))
     if not ranks.is_main:
         return None
-    return score_embeddings(splits[0], run.train_set, splits[1], run.val_set, run.config.eval)
+    return score_sets(run.eval_sets, embedded, run.config.eval)
 
 
 def _checkpoint(run: _Run, epoch: int, step: int, epoch_losses: list[float], where: str) -> None:
@@ -198,19 +260,26 @@ def _checkpoint(run: _Run, epoch: int, step: int, epoch_losses: list[float], whe
     state = {"version": CHECKPOINT_VERSION, "config": run.config.to_dict(), "epoch": epoch, "step": step,
              "world_size": run.ranks.world_size, "model": run.model.trainable_state_dict(),
              "optimizer": run.optimizer.state_dict(), "random_states": gather_objects(random_states(), run.ranks),
-             "counters": dict(run.counters), "epoch_losses": list(epoch_losses)}
+             "counters": dict(run.counters), "epoch_losses": list(epoch_losses),
+             "scaler": run.scaler.state_dict() if run.scaler is not None else {}}
     if run.ranks.is_main:
         save_checkpoint(run.checkpoint_path, state)
 
 
 def _step(run: _Run, batch: dict, autocast: torch.autocast) -> tuple[float, bool]:
     """One optimisation step on this rank's share of a global batch; returns the global batch's loss and whether
-    it was finite (a step with a NaN/Inf loss or gradient norm changes nothing, on every rank)."""
-    config, device = run.config, run.device
+    it was finite. A step with a NaN/Inf loss or gradient norm changes nothing, on every rank: no update, and the
+    BatchNorm running statistics are put back as they were."""
+    config, device, model = run.config, run.device, run.model
     batch = {key: value.to(device) for key, value in batch.items()}
+    mean, std = model.backbone.mean, model.backbone.std
     if "frames" in batch:
         batch["frames"] = augment_batch(batch.pop("frames"), batch.pop("augment_seed"), config.data.image_size,
-                                        config.data.augment, run.model.backbone.mean, run.model.backbone.std)
+                                        config.data.augment, mean, std)
+    elif "views" in batch:  # augmented in the loader (native-resolution frames)
+        batch["frames"] = normalize(batch.pop("views"), mean, std)
+    statistics = {name: buffer.clone() for name, buffer in model.named_buffers() if "running_" in name
+                  or name.endswith("num_batches_tracked")}
     with autocast:
         embs = run.step_module(batch).float()  # (b, 2, T, E)
     loss = sequence_contrastive_loss(embs, batch["steps"], batch["seq_lens"], batch["masks"],
@@ -220,14 +289,23 @@ def _step(run: _Run, batch: dict, autocast: torch.autocast) -> tuple[float, bool
     valid = batch["masks"].sum()
     all_valid = sum_over_ranks(valid)
     run.optimizer.zero_grad(set_to_none=True)
-    (loss * valid / all_valid * run.ranks.world_size).backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.train.grad_clip)
+    scaled = loss * valid / all_valid * run.ranks.world_size
+    (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
     global_loss = float(sum_over_ranks((loss * valid).detach()) / all_valid)
-    if any_rank(not (math.isfinite(global_loss) and torch.isfinite(grad_norm)), device):
+    finite = not any_rank(not (math.isfinite(global_loss) and torch.isfinite(grad_norm)), device)
+    if finite:
+        run.scaler.step(run.optimizer) if run.scaler is not None else run.optimizer.step()
+    else:
         run.optimizer.zero_grad(set_to_none=True)
-        return global_loss, False
-    run.optimizer.step()
-    return global_loss, True
+        buffers = dict(model.named_buffers())
+        for name, value in statistics.items():
+            buffers[name].copy_(value)
+    if run.scaler is not None:
+        run.scaler.update()  # a skipped fp16 step lowers the scale
+    return global_loss, finite
 
 
 def _count_skipped(run: _Run, skipped: list[str]) -> None:
@@ -265,7 +343,7 @@ def _train_epoch(run: _Run, epoch: int, first_step: int, epoch_losses: list[floa
     workers = 0 if run.cache is not None else config.data.num_workers
     loader = DataLoader(run.clips, batch_sampler=local.tolist(), num_workers=workers, collate_fn=collate_clips,
                         generator=torch.Generator())  # not the global RNG
-    lr = config.train.lr * learning_rate_factor(epoch, config.train.epochs, config.train.warmup_epochs)
+    lr = config.train.lr * learning_rate_factor(epoch, config.train)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.model.train()
@@ -289,6 +367,11 @@ def _train_epoch(run: _Run, epoch: int, first_step: int, epoch_losses: list[floa
     return clip_count / max(time.perf_counter() - started, 1e-9)
 
 
+def _autocast(config: Config, device: torch.device) -> torch.autocast:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision, torch.float32)
+    return torch.autocast(device.type, dtype=dtype, enabled=config.train.precision != "fp32")
+
+
 def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoDataset | None = None,
           resume: bool = False, backbone=None) -> TrainResult:
     """Train `config` end to end; datasets and backbone may be passed in to share them between runs.
@@ -299,6 +382,9 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
     ranks = init_distributed(device)
     device = process_device(device, ranks)
     check_batch_divides(config.train.batch_size, ranks)
+    run_dir = Path(config.train.output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MVFormerError(f"{run_dir}: train.output_dir exists and is not a folder")
     say = note if ranks.is_main else silent
     seed_everything(config.train.seed)  # identical initial weights on every rank
     train_set, val_set = _open_data(config, train_set, val_set, say)
@@ -307,16 +393,26 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
         synchronise_batch_norm(model, device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=config.train.lr, weight_decay=config.train.weight_decay)
-    run = _Run(config, ranks, device, model, optimizer, train_set, val_set,
-               Path(config.train.output_dir) / CHECKPOINT_NAME, say)
-    seed_everything(config.train.seed + ranks.rank)  # dropout differs between ranks, from one seed
-    start_epoch, start_step, epoch_losses = _start(run, resume)
+    scaler = torch.amp.GradScaler(device.type) if config.train.precision == "fp16" else None
+    run = _Run(config, ranks, device, model, optimizer, train_set, val_set, run_dir / CHECKPOINT_NAME, say, scaler)
+    if run.scorable:
+        run.eval_sets = _evaluation_sets(run)
+    with _locked(run_dir, ranks.is_main):
+        seed_everything(config.train.seed + ranks.rank)  # dropout differs between ranks, from one seed
+        start_epoch, start_step, epoch_losses = _start(run, resume)
+        final_metrics = _train_epochs(run, start_epoch, start_step, epoch_losses)
+    return TrainResult(model.eval(), run_dir, final_metrics)
+
+
+def _train_epochs(run: _Run, start_epoch: int, start_step: int, epoch_losses: list[float]) -> dict | None:
+    """Every epoch from (start_epoch, start_step) on: train, checkpoint, log, evaluate; returns the last metrics."""
+    config, ranks = run.config, run.ranks
     _open_clips(run)
-    run.step_module = _TrainStep(model)
+    run.step_module = _TrainStep(run.model)
     if ranks.distributed:
         run.step_module = DistributedDataParallel(run.step_module, find_unused_parameters=config.model.zero_visual_input)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
-    epochs, steps_per_epoch = config.train.epochs, len(train_set) // config.train.batch_size
+    autocast = _autocast(config, run.device)
+    epochs, steps_per_epoch = config.train.epochs, len(run.train_set) // config.train.batch_size
     bar = progress_bar(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch + start_step,
                        desc=config.name, unit="step", disable=not ranks.is_main or None)
     final_metrics = None
@@ -331,11 +427,13 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
         if run.log is not None:
             run.log.write({"epoch": epoch, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
                            "lr": run.optimizer.param_groups[0]["lr"], "clips_per_s": clips_per_s, **run.counters})
-        if run.scorable and (last or (epoch + 1) % config.train.eval_every == 0):
-            final_metrics = _evaluate(run)
+        if run.eval_sets and (last or (epoch + 1) % config.train.eval_every == 0):
+            scores = _evaluate(run)
+            final_metrics = scores["mean"] if scores is not None else None
             if run.log is not None:
-                run.log.write({"epoch": epoch, "eval": final_metrics})
+                per_dataset = {"eval_datasets": scores["datasets"]} if len(scores["datasets"]) > 1 else {}
+                run.log.write({"epoch": epoch, "eval": final_metrics, **per_dataset})
     bar.close()
     if run.log is not None:
         run.log.close()
-    return TrainResult(model.eval(), run.checkpoint_path.parent, final_metrics)
+    return final_metrics

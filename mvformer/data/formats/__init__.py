@@ -40,6 +40,9 @@ kinetics400   unlabelled, for pre-training; unreadable or missing videos are ski
 
 Every record's length is checked against its video (frames counted from packets, or images of a frame folder):
 a video that is missing, unreadable, or disagrees with its labels is an error naming the file, except in kinetics400.
+Every path a layout names (pickle video_file, Kinetics list or CSV entry, Penn Action frames and phase files, the
+pickles and lists themselves) must resolve inside ROOT (symbolic links followed; see mvformer.data.datasets), and
+a split that lists no video, or the same name twice, is an error naming its file.
 Pickles are read with a restricted unpickler: plain containers, numbers, strings, numpy arrays and torch tensors only.
 
 One module per layout (penn_action, pouring, finegym, kinetics), records.py for what they share (the restricted
@@ -53,11 +56,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mvformer.config import DataFormat, check_registry
-from mvformer.data.datasets import VideoDataset, VideoRecord, has_generic_split
+from mvformer.data.datasets import (
+    VideoDataset,
+    VideoRecord,
+    check_name,
+    check_root,
+    frame_count_inside,
+    has_generic_split,
+    inside_root,
+)
 from mvformer.data.formats import finegym, kinetics, penn_action, pouring
 from mvformer.data.formats.penn_action import penn_action_actions
 from mvformer.data.formats.records import Entry, Skipped
-from mvformer.data.video import count_frames
+from mvformer.data.video import index_video
 from mvformer.errors import MVFormerError
 from mvformer.progress import progress_bar
 
@@ -87,15 +98,23 @@ class DatasetFormat:
         return subset
 
     def read(self, root: str | Path, split: str, subset: str | None = None) -> SplitRecords:
-        """The videos of one split, each counted and checked against its labels (slow part: one index per video)."""
-        root, subset = Path(root), self.check_subset(subset)
-        if not root.is_dir():
-            raise MVFormerError(f"{root}: dataset root does not exist or is not a folder")
+        """The videos of one split, each inside the root, counted and checked against its labels (slow part: one
+        index per video). An empty split, or one whose videos were all left out, is an error."""
+        root, subset = check_root(root), self.check_subset(subset)
         entries, skipped = self.entries(root, split, subset)
+        sources: dict[str, str] = {}
+        for entry in entries:
+            check_name(entry.name, entry.source)
+            if entry.name in sources:
+                raise MVFormerError(f"{entry.source}: video name {entry.name!r} appears twice in split {split} "
+                                    f"(also {sources[entry.name]})")
+            sources[entry.name] = entry.source
+            inside_root(root, entry.path, entry.source)
         records, groups = [], []
         for entry in progress_bar(entries, desc=f"indexing {split} videos", unit="video"):
             try:
-                num_frames = count_frames(entry.path)
+                num_frames = (frame_count_inside(root, entry.path, entry.source) if entry.path.is_dir()
+                              else index_video(entry.path).num_frames)
             except MVFormerError as error:
                 if not self.skip_unreadable:
                     raise
@@ -109,6 +128,10 @@ class DatasetFormat:
                                     f"{num_frames} frames")
             records.append(VideoRecord(entry.name, entry.path, num_frames, entry.labels))
             groups.append(entry.group)
+        if not records:
+            left_out = f"; all {len(skipped)} left out, e.g. {skipped[0][0]} ({skipped[0][1]})" if skipped else ""
+            subset_text = f" of subset {subset}" if subset is not None else ""
+            raise MVFormerError(f"{root}: split {split}{subset_text} holds no readable videos{left_out}")
         return SplitRecords(records, self.num_classes(subset), skipped, groups)
 
 
@@ -159,9 +182,6 @@ def open_dataset(root: str | Path, split: str, format: str = "generic", subset: 
     data = format_named(format).read(root, split, subset)
     return VideoDataset.from_records(root, split, data.records, size=size, preload=preload,
                                      num_classes=data.num_classes, skipped=data.skipped)
-
-
-
 
 
 

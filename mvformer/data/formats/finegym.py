@@ -34,4 +34,4 @@ def splits(root: Path, subset: str | None) -> list[str]:
 
 def entries(root: Path, split: str, subset: str | None) -> tuple[list[Entry], Skipped]:
     path = _finegym_pickle(root, split, subset)
-    return record_entries(load_pickle(path), root, path, int(subset)), []
+    return record_entries(load_pickle(path, root), root, path, int(subset)), []

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from mvformer.data.datasets import inside_root
 from mvformer.data.formats.records import (
     Entry,
     Skipped,
@@ -49,7 +50,7 @@ def splits(root: Path, subset: str | None) -> list[str]:
 
 def _penn_pickle_entries(root: Path, split: str) -> list[Entry]:
     path = root / f"{split}.pkl"
-    content = load_pickle(path)
+    content = load_pickle(path, root)
     if not (isinstance(content, (tuple, list)) and len(content) == 2 and isinstance(content[1], (list, tuple))):
         raise MVFormerError(f"{path}: expected the tuple (records, action_to_indices) of the Penn Action pickles")
     records, action_to_indices = content
@@ -58,11 +59,15 @@ def _penn_pickle_entries(root: Path, split: str) -> list[Entry]:
                             f"({len(PENN_ACTIONS)})")
     entries = []
     for action, indices in zip(PENN_ACTIONS, action_to_indices):
+        if not isinstance(indices, (list, tuple)) or not all(isinstance(i, (int, np.integer)) for i in indices):
+            raise MVFormerError(f"{path}: action_to_indices of {action} must be a list of record indices")
         indices = [int(i) for i in indices]
         if any(not 0 <= i < len(records) for i in indices):
             raise MVFormerError(f"{path}: action_to_indices of {action} points past the {len(records)} records")
         for entry in record_entries(records, root, path, PENN_ACTION_PHASES[action], indices):
             entries.append(Entry(entry.name, entry.path, entry.labels, entry.length, entry.source, action))
+    if not entries:
+        raise MVFormerError(f"{path}: action_to_indices assigns no record to any action (an empty split)")
     return entries
 
 
@@ -80,9 +85,9 @@ def _read_penn_mat(path: Path) -> tuple[str, bool, int]:
         raise MVFormerError(f"{path}: cannot read MATLAB file ({type(error).__name__}: {error})") from None
     action = _mat_value(mat, "action", path)
     train, nframes = _mat_value(mat, "train", path), _mat_value(mat, "nframes", path)
-    if action.ndim or train.ndim or nframes.ndim:
-        raise MVFormerError(f"{path}: action, train and nframes must be single values")
-    return str(action), int(train) == 1, as_count(nframes.item(), str(path))
+    if action.ndim or train.ndim or nframes.ndim or train.dtype.kind not in "iuf":
+        raise MVFormerError(f"{path}: action, train and nframes must be single values, train a number")
+    return str(action), float(train) == 1, as_count(nframes.item(), str(path))
 
 
 def _phase_files(root: Path) -> tuple[Path, dict[str, Path]]:
@@ -105,7 +110,7 @@ def _penn_official_entries(root: Path, split: str) -> tuple[list[Entry], Skipped
     entries, skipped = [], []
     for mat_path in sorted((root / "labels").glob("*.mat")):
         video_id = mat_path.stem
-        action, is_train, nframes = _read_penn_mat(mat_path)
+        action, is_train, nframes = _read_penn_mat(inside_root(root, mat_path, str(root)))
         if action not in PENN_ACTION_PHASES:
             continue
         frames = root / "frames" / video_id
@@ -119,6 +124,7 @@ def _penn_official_entries(root: Path, split: str) -> tuple[list[Entry], Skipped
             continue
         if not frames.is_dir():
             raise MVFormerError(f"{mat_path}: its frame folder {frames} does not exist")
+        inside_root(root, phase_path, str(mat_path))
         try:
             values = np.load(phase_path, allow_pickle=False)
         except Exception as error:

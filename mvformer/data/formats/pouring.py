@@ -19,4 +19,4 @@ def entries(root: Path, split: str, subset: str | None) -> tuple[list[Entry], Sk
     if not path.is_file():
         raise MVFormerError(f"{root}: Pouring split {split!r} needs {path.name} (found: "
                             f"{', '.join(p.name for p in sorted(root.glob('*.pkl'))) or 'no pickles'})")
-    return record_entries(load_pickle(path), root, path, POURING_PHASES), []
+    return record_entries(load_pickle(path, root), root, path, POURING_PHASES), []

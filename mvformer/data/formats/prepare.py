@@ -4,6 +4,8 @@ prepare writes DEST/videos/NAME.ext (hard link of the source file) or DEST/video
 DEST/labels/NAME.csv, DEST/classes.txt (class indices "0".."C-1", so every split knows C), DEST/splits/SPLIT.txt.
 penn_action without a subset writes one such root per action, DEST/ACTION/, and the pooled one, DEST/all/.
 Resumable: a manifest of what was written is saved as it goes; a file it did not write is never replaced.
+Everything is read and checked (every path inside SRC, no empty split) before the first file is written, and DEST
+may neither be SRC, nor lie inside it, nor hold it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvformer.data.datasets import VideoRecord, write_split
+from mvformer.data.datasets import VideoRecord, check_root, write_split
 from mvformer.data.formats import format_named
 from mvformer.data.formats.penn_action import PENN_ACTIONS
 from mvformer.data.video import frame_image_paths
@@ -166,12 +168,16 @@ def prepare(format: str, src: str | Path, dest: str | Path, subset: str | None =
     note: receives one-line summaries (videos written, unreadable videos skipped).
     """
     dataset_format = format_named(format)
-    src, dest = Path(src), Path(dest)
     subset = dataset_format.check_subset(subset)
-    if not src.is_dir():
-        raise MVFormerError(f"{src}: dataset root does not exist or is not a folder")
-    if dest.resolve() == src.resolve():
-        raise MVFormerError(f"{dest}: the destination must differ from the source")
+    src = check_root(src, "SRC")
+    if not str(dest).strip():
+        raise MVFormerError("DEST is not set: it must name the folder to write")
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise MVFormerError(f"{dest}: exists and is not a folder")
+    source, target = src.resolve(), dest.resolve()
+    if target.is_relative_to(source) or source.is_relative_to(target):
+        raise MVFormerError(f"{dest}: the destination must lie outside the source {src} and must not hold it")
     split_names = dataset_format.splits(src, subset)
     if not split_names:
         raise MVFormerError(f"{src}: holds no split of format {format} (see mvformer.data.formats)")
@@ -185,9 +191,13 @@ def prepare(format: str, src: str | Path, dest: str | Path, subset: str | None =
     if format == "penn_action" and subset is None:
         roots = [(dest / action, {split: split_data.action(action) for split, split_data in data.items()},
                   {**key, "subset": action}) for action in PENN_ACTIONS] + [(dest / "all", data, key)]
-    for root, root_data, root_key in roots:
-        splits = {split: split_data.records for split, split_data in root_data.items() if split_data.records}
-        if splits:
-            num_classes = next(iter(root_data.values())).num_classes
-            _write_generic(root, splits, num_classes, root_key, note)
+    try:
+        for root, root_data, root_key in roots:
+            splits = {split: split_data.records for split, split_data in root_data.items() if split_data.records}
+            if splits:
+                num_classes = next(iter(root_data.values())).num_classes
+                _write_generic(root, splits, num_classes, root_key, note)
+    except OSError as error:
+        raise MVFormerError(f"{dest}: cannot write the prepared dataset ({error.strerror or error}); what is written "
+                            f"is kept, rerun to resume") from None
     return dest

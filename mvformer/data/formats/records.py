@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvformer.data.datasets import check_name, inside_root, relative_inside
 from mvformer.errors import MVFormerError
 
 Skipped = list[tuple[Path, str]]
@@ -56,9 +57,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return getattr(importlib.import_module(module.replace("numpy._core", "numpy.core")), name)
 
 
-def load_pickle(path: str | Path):
-    """The object of a dataset pickle, refusing any class but containers, numbers, strings, arrays and tensors."""
+def load_pickle(path: str | Path, root: Path | None = None):
+    """The object of a dataset pickle, refusing any class but containers, numbers, strings, arrays and tensors;
+    with `root`, the pickle must resolve inside that dataset root."""
     path = Path(path)
+    if root is not None:
+        inside_root(root, path, str(root))
     if not path.is_file():
         raise MVFormerError(f"{path}: no such pickle file")
     try:
@@ -110,18 +114,9 @@ def as_count(value, source: str) -> int:
     raise MVFormerError(f"{source}: seq_len must be a whole number, found {value!r}")
 
 
-def check_name(name, source: str) -> str:
-    """A video name that can be a file name of the generic layout."""
-    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\n\r"):
-        raise MVFormerError(f"{source}: video name {name!r} cannot be a file name")
-    return name
-
-
-def inside_root(root: Path, relative, source: str) -> Path:
-    """ROOT/relative for a path a pickle names, which must stay inside ROOT and exist."""
-    if not isinstance(relative, str) or not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
-        raise MVFormerError(f"{source}: video_file {relative!r} must be a path relative to {root}")
-    path = root / relative
+def video_file(root: Path, relative, source: str) -> Path:
+    """ROOT/relative for the video file a record names: relative, inside ROOT, existing."""
+    path = relative_inside(root, relative, source, "video_file")
     if not path.exists():
         raise MVFormerError(f"{source}: names video {relative} but {path} does not exist")
     return path
@@ -132,6 +127,8 @@ def record_entries(records, root: Path, pickle_path: Path, num_classes: int | No
     """Entries of CARL-style records {"name", "video_file", "frame_label", "seq_len"}."""
     if not isinstance(records, list):
         raise MVFormerError(f"{pickle_path}: expected a list of video records, found {type(records).__name__}")
+    if not records:
+        raise MVFormerError(f"{pickle_path}: holds no video records (an empty split)")
     entries = []
     for i in range(len(records)) if indices is None else indices:
         record = records[i]
@@ -144,7 +141,7 @@ def record_entries(records, root: Path, pickle_path: Path, num_classes: int | No
                                 f"(keys: {', '.join(map(str, record))})")
         name = check_name(record["name"], source)
         source = f"{pickle_path} record {i} ({name})"
-        path = inside_root(root, record["video_file"], source)
+        path = video_file(root, record["video_file"], source)
         labels = as_labels(record["frame_label"], source, num_classes)
         entries.append(Entry(name, path, labels, as_count(record["seq_len"], source), source))
     return entries

@@ -1,0 +1,263 @@
+"""`mvformer label`: label one or two videos by hand, have every other video labelled.
+
+Every frame of every video takes the phase of the frames it aligns to in the labelled reference videos
+(mvformer.evaluation.transfer: a path per reference, a vote per frame over the K references of least alignment
+cost). The output folder is itself a dataset in the generic layout, so it can be trained on, evaluated, or lent
+as a reference in turn:
+
+OUT/videos/NAME.ext        the video (a hard link where the file system allows, else a copy)
+OUT/labels/NAME.csv        `frame,label`, label a class name from classes.txt (an integer without one)
+OUT/classes.txt            the reference's, when it has one
+OUT/splits/all.txt         every labelled video
+OUT/confidence/NAME.csv    `frame,label,confidence`: the phase's share of the votes (0 where no reference voted)
+OUT/transfer.json          method, references of each video and their costs, scores when asked for
+
+Scores (`score=True`) need hand labels beside the videos (ROOT/labels/NAME.csv next to ROOT/videos/NAME.ext, the
+generic layout) and print frame accuracy and per-phase boundary errors beside the same numbers for transfer by
+relative time alone through the same references. Everything is written into a temporary folder beside OUT and moved
+into place at the end, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mvformer.apps.videos import embed_video_file, list_videos, output_name
+from mvformer.checkpoint import load_model
+from mvformer.data.datasets import VideoDataset, _read_classes, _read_video_labels, write_split
+from mvformer.errors import MVFormerError
+from mvformer.evaluation.alignment import check_method
+from mvformer.evaluation.spread import embedding_spread, warning_line
+from mvformer.evaluation.transfer import (
+    Transfer,
+    check_references,
+    relative_time_labels,
+    score_transfer,
+    transfer_labels,
+)
+from mvformer.files import write_csv, write_text
+from mvformer.progress import note, progress_bar
+
+SUMMARY_NAME = "transfer.json"
+SPLIT_NAME = "all"
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One video labelled by transfer."""
+
+    name: str
+    source: Path
+    labels: np.ndarray  # int64 (L,), -1 where no reference voted
+    confidence: np.ndarray  # float64 (L,): the label's share of the votes
+    references: np.ndarray  # int64 (K,): the reference videos that voted, least alignment cost first
+    costs: np.ndarray  # float64 (K,): their mean cost along the path
+    truth: np.ndarray | None  # its hand labels, int64 (L,), when it has them
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def place_video(source: Path, target: Path) -> None:
+    """A video file or frame folder at `target`: hard links where possible, else copies."""
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(str(source), str(target))
+
+
+def check_output_folder(out: Path, overwrite: bool, marker: str) -> None:
+    """Refuse an existing `out` without `overwrite`, and any existing `out` that is not a previous output of this
+    command (it holds `marker`), so that --overwrite never deletes a folder of the user's."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise MVFormerError(f"{out}: already exists; pass --overwrite to replace it")
+    if not (out / marker).is_file():
+        raise MVFormerError(f"{out}: exists and is not an earlier output of this command (no {marker}); "
+                            f"refusing to replace it")
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside `out` that replaces `out` when the block succeeds, and is removed when it
+    fails (leaving `out` as it was)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if out.exists():
+            retired = out.with_name(f".{out.name}.{os.getpid()}.old")
+            os.replace(out, retired)
+            os.replace(staging, out)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _hand_labels(video: Path, classes: list[str] | None, num_classes: int, reference: Path) -> np.ndarray | None:
+    """The labels of ROOT/labels/NAME.csv when `video` is ROOT/videos/NAME(.ext), read with ROOT's classes.txt,
+    which must then list the reference's classes; None when there is no such file."""
+    root, name = video.parent.parent, output_name(video)
+    if video.parent.name != "videos" or not (root / "labels" / f"{name}.csv").is_file():
+        return None
+    own = _read_classes(root)
+    if own != classes:
+        raise MVFormerError(f"{root / 'classes.txt'}: lists classes {own} but the reference's "
+                            f"{reference / 'classes.txt'} lists {classes}; scoring needs the same classes in the "
+                            f"same order")
+    labels = _read_video_labels(root, name, None if own is None else {c: i for i, c in enumerate(own)})
+    if labels.max(initial=-1) >= num_classes:
+        raise MVFormerError(f"{root}: labels/{name}.csv holds label {labels.max()}, but the reference has "
+                            f"{num_classes} classes")
+    return labels
+
+
+def _named_videos(videos: Sequence[str | Path]) -> dict[str, Path]:
+    """Output name -> video, refusing two videos of one name."""
+    named: dict[str, Path] = {}
+    for path in list_videos(videos):
+        name = output_name(path)
+        if name in named:
+            raise MVFormerError(f"{path}: another video ({named[name]}) is also named {name!r}; their labels would "
+                                f"overwrite each other")
+        named[name] = path
+    return named
+
+
+def _label_cell(label: int, classes: list[str] | None) -> str:
+    return str(label) if classes is None or label < 0 else classes[label]
+
+
+def label_videos(checkpoint: str | Path, reference: str | Path, videos: Sequence[str | Path], out: str | Path,
+                 method: str = "dtw", references: int | None = None, split: str = "train", score: bool = False,
+                 overwrite: bool = False, device: str = "auto", frames: str = "squash",
+                 log=print) -> list[Labelled]:
+    """Label every frame of `videos` from the labelled videos of `split` of the dataset root `reference` (generic
+    layout) and write OUT as a dataset (module docstring). A video that is also a reference lends no labels to
+    itself. With `score`, print (through `log`) and record the scores of the videos that have hand labels."""
+    out, reference = Path(out), Path(reference)
+    check_method(method)
+    if references is not None and references < 1:
+        raise MVFormerError(f"--references {references}: at least one reference must vote")
+    check_output_folder(out, overwrite, SUMMARY_NAME)
+    dataset = VideoDataset(reference, split)
+    if not dataset.labelled or dataset.num_classes is None:
+        raise MVFormerError(f"{reference}: the reference videos have no frame labels (labels/NAME.csv)")
+    reference_labels = [record.labels for record in dataset.records]
+    check_references(reference_labels, [f"{reference}: labels/{record.name}.csv" for record in dataset.records])
+    targets = _named_videos(videos)
+    truths = {name: _hand_labels(path, dataset.classes, dataset.num_classes, reference) if score else None
+              for name, path in targets.items()}
+    if score and all(truth is None for truth in truths.values()):
+        raise MVFormerError("--score: none of the videos has hand labels (ROOT/labels/NAME.csv beside "
+                            "ROOT/videos/NAME.mp4)")
+
+    model, torch_device = load_model(checkpoint, device)
+    reference_embs = [embed_video_file(model, record.path, torch_device, frames).embeddings
+                      for record in progress_bar(dataset.records, desc="reference videos", unit="video")]
+    reference_paths = [record.path.resolve() for record in dataset.records]
+    labelled, baselines, target_embs = [], [], []
+    for name, path in progress_bar(targets.items(), desc="labelling", unit="video"):
+        embs = embed_video_file(model, path, torch_device, frames).embeddings  # (L, E)
+        truth = truths[name]
+        if truth is not None and len(truth) != len(embs):
+            raise MVFormerError(f"{path}: its labels file has {len(truth)} rows but the video has {len(embs)} frames")
+        others = [i for i, p in enumerate(reference_paths) if p != path.resolve()]  # never lend to itself
+        if not others:
+            raise MVFormerError(f"{path}: is the only reference video, so no other video can lend it labels")
+        result = transfer_labels(embs, [reference_embs[i] for i in others], [reference_labels[i] for i in others],
+                                 dataset.num_classes, method, references)
+        voters = np.asarray(others)[result.references]
+        labelled.append(Labelled(name, path, result.labels, result.confidence, voters,
+                                 result.costs[result.references], truth))
+        target_embs.append(embs)
+        if truth is not None:
+            baselines.append(relative_time_labels(len(embs), reference_labels, dataset.num_classes, voters))
+
+    spread = embedding_spread(reference_embs + target_embs)
+    warning = warning_line(spread)
+    if warning:
+        note(f"{warning}; DTW then pairs frames by position alone, so expect no better than relative time")
+    scores = _scores(labelled, baselines, dataset) if score else None
+    _write(out, labelled, dataset, method, references, spread.to_dict(), scores)
+    if scores is not None:
+        log(format_scores(scores))
+    return labelled
+
+
+def _scores(labelled: list[Labelled], baselines: list[Transfer], dataset: VideoDataset) -> dict:
+    """Scores of the transfer and of the relative-time baseline over the videos with hand labels."""
+    scored = [item for item in labelled if item.truth is not None]
+    truths = [item.truth for item in scored]
+    return {"videos": len(scored), "labelled_frames": int(sum((t >= 0).sum() for t in truths)),
+            "transfer": score_transfer([item.labels for item in scored], truths, dataset.num_classes,
+                                       dataset.classes),
+            "relative_time": score_transfer([b.labels for b in baselines], truths, dataset.num_classes,
+                                            dataset.classes)}
+
+
+def _boundary_cell(entry: dict) -> str:
+    if entry["boundaries"] == 0:
+        return "-"
+    error = "n/a" if entry["mean_error"] is None else f"{entry['mean_error']:.1f}"
+    return f"{error} ({entry['missed']}/{entry['boundaries']} missed)" if entry["missed"] else error
+
+
+def format_scores(scores: dict) -> str:
+    """The score table: one row for the transfer, one for relative time alone."""
+    phases = list(scores["transfer"]["boundary_error"])
+    header = ["", "frame accuracy", *(f"entering {phase} (frames)" for phase in phases)]
+    rows = [header]
+    for title, key in (("alignment transfer", "transfer"), ("relative time alone", "relative_time")):
+        result = scores[key]
+        accuracy = "n/a" if result["frame_accuracy"] is None else f"{result['frame_accuracy']:.4f}"
+        rows.append([title, accuracy, *(_boundary_cell(result["boundary_error"][p]) for p in phases)])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return (f"{scores['videos']} videos, {scores['labelled_frames']} hand-labelled frames; boundary error: mean "
+            f"distance to the nearest transferred boundary into that phase\n" + "\n".join(lines))
+
+
+def _write(out: Path, labelled: list[Labelled], dataset: VideoDataset, method: str, references: int | None,
+           spread: dict, scores: dict | None) -> None:
+    """Write the dataset and the summary into a staging folder, then move it to `out`."""
+    classes = dataset.classes
+    names = [record.name for record in dataset.records]
+    with staged_folder(out) as staging:
+        (staging / "videos").mkdir()
+        for item in labelled:
+            suffix = "" if item.source.is_dir() else item.source.suffix
+            place_video(item.source, staging / "videos" / f"{item.name}{suffix}")
+            frames = np.arange(len(item.labels))
+            cells = [_label_cell(label, classes) for label in item.labels.tolist()]
+            write_csv(staging / "labels" / f"{item.name}.csv", ("frame", "label"), list(zip(frames, cells)))
+            write_csv(staging / "confidence" / f"{item.name}.csv", ("frame", "label", "confidence"),
+                      [(f, c, f"{p:.4f}") for f, c, p in zip(frames, cells, item.confidence)])
+        if classes is not None:
+            write_text(staging / "classes.txt", "".join(f"{name}\n" for name in classes))
+        write_split(staging, SPLIT_NAME, [item.name for item in labelled])
+        summary = {"reference": str(dataset.root.resolve()), "split": dataset.split, "method": method,
+                   "references": references, "spread": spread, "scores": scores,
+                   "videos": {item.name: {"source": str(item.source.resolve()),
+                                          "references": {names[i]: round(float(cost), 6)
+                                                         for i, cost in zip(item.references, item.costs)},
+                                          "mean_confidence": float(item.confidence.mean())}
+                              for item in labelled}}
+        write_text(staging / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
