@@ -120,7 +120,8 @@ def _cmd_report(args) -> None:
 
 def _cmd_synthetic(args) -> None:
     from mvformer.data.synthetic import generate_pouring_dataset
-    root = generate_pouring_dataset(args.dest, num_train=args.train, num_val=args.val, seed=args.seed, size=args.size)
+    root = generate_pouring_dataset(args.dest, num_train=args.train, num_val=args.val, seed=args.seed, size=args.size,
+                                    overwrite=args.overwrite)
     print(f"wrote synthetic pouring videos in {root}")
 
 
@@ -280,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--val", type=int, default=24)
     synthetic.add_argument("--size", type=int, default=64)
     synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--overwrite", action="store_true",
+                           help="replace DEST when it already holds a dataset (never a folder holding other files)")
 
     convert = add("convert-backbone", _cmd_convert_backbone, "write an original DINO / timm ViT or torchvision "
                   "ResNet weights file (.pth, .safetensors) as a transformers save_pretrained folder")

@@ -290,3 +290,47 @@ def test_encoder_layers_start_equal_with_xavier_q_k_v_and_linear_biases():
         bound = 1 / math.sqrt(in_features)
         assert bias.abs().max() <= bound and bias.abs().max() > 0.9 * bound, name
     assert torch.equal(first.attn_norm.weight, torch.ones(dim)) and torch.equal(first.ff_norm.bias, torch.zeros(dim))
+
+
+# --- the recipe as the shipped configs and the model apply it ------------------------------------------------
+
+
+def test_long_videos_go_through_the_encoder_as_equal_chunks_each_on_its_own():
+    """Published evaluate.py: n = ceil(L / max) chunks of ceil(L / n) frames (the last shorter), each through
+    the model with its own time encoding."""
+    from mvformer.config import load_config
+    from mvformer.model.mvformer import build_model
+    torch.manual_seed(0)
+    model = build_model(load_config("demo", ["eval.frames_per_batch=10"])).eval()
+    tokens = torch.randn(1, 23, model.head.num_tokens, model.head.pooling.out_dim)
+    embs = model.encode_pooled(tokens)
+    chunks = [tokens[:, 0:8], tokens[:, 8:16], tokens[:, 16:23]]  # n = 3, 8 frames each, then 7
+    expected = torch.cat([F.normalize(model.head.encode_tokens(chunk), dim=-1)[0] for chunk in chunks])
+    torch.testing.assert_close(embs, expected)
+    model.max_encoder_frames = None
+    assert not torch.allclose(model.encode_pooled(tokens), embs, atol=1e-3)  # chunking really changes them
+
+
+def test_native_frames_are_evaluated_on_their_central_square_at_native_resolution():
+    from mvformer.data.transforms import prepare_frames
+    frames = torch.randint(0, 256, (2, 360, 640, 3), dtype=torch.uint8)
+    prepared = prepare_frames(frames, 224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "native")
+    expected = frames[:, 68:292, 208:432].permute(0, 3, 1, 2).float() / 255  # rows 68-291, columns 208-431
+    torch.testing.assert_close(prepared, expected)
+    squashed = prepare_frames(frames, 224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "squash")
+    assert squashed.shape == prepared.shape and not torch.allclose(squashed, prepared)
+
+
+def test_shipped_configs_follow_the_published_recipe():
+    from mvformer.config import load_config
+    penn, finegym, kinetics = load_config("penn_action"), load_config("finegym99"), load_config("k400_pretrain")
+    assert (penn.train.schedule, penn.train.warmup_epochs, penn.train.precision) == ("cosine", 0, "fp16")
+    assert (penn.data.sampling, penn.data.frames, penn.eval.frames_per_batch) == ("whole_video", "squash", 1000)
+    assert (finegym.data.sampling, finegym.data.consistent_offset, finegym.data.frames) == ("window", 0.2, "native")
+    assert finegym.eval.frames_per_batch == 2000 and load_config("finegym288").data.subset == "288"
+    assert kinetics.data.frames == "native" and kinetics.data.decode_size is None
+    tuned = load_config("k400_penn_action")
+    assert tuned.train.init_from == "runs/k400_pretrain" and tuned.train.epochs == 500
+    for pooling in ("cls", "max", "avg"):
+        late = load_config(f"ablation_late_fusion_{pooling}")
+        assert (late.backbone.blocks, late.model.token_id, late.model.num_tokens) == ([11], "none", 1)

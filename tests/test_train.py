@@ -1,5 +1,7 @@
 """Training end to end on a small synthetic set: the loss falls, alignment improves, checkpoints are safe."""
 
+import json
+import os
 import shutil
 
 import numpy as np
@@ -7,8 +9,7 @@ import pytest
 import torch
 
 import mvformer.train.loop
-from mvformer.config import TrainConfig, load_config
-from mvformer.config import AugmentConfig
+from mvformer.config import AugmentConfig, TrainConfig, load_config
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.synthetic import generate_pouring_dataset
 from mvformer.errors import MVFormerError
@@ -263,3 +264,78 @@ def test_training_reads_a_matching_feature_cache_and_says_so(pouring_root, split
     # The same clips through the same model: only the tokens' float16 rounding differs (other clips would not
     # give the same mean loss to 1e-4).
     np.testing.assert_allclose(cached_losses, plain_losses, rtol=1e-4)
+
+
+def test_fp16_with_a_gradient_scaler_trains_and_checkpoints_the_scaler(pouring_root, splits, tmp_path):
+    train_set, val_set = splits
+    config = vision_only_config(pouring_root, tmp_path / "run", epochs=1, **{"train.precision": "fp16"})
+    result = train(config, train_set, val_set)
+    state = load_checkpoint(result.run_dir)
+    assert state["scaler"]["scale"] > 0 and np.isfinite([r["loss"] for r in read_metrics(result.run_dir)
+                                                          if "loss" in r]).all()
+
+
+def test_init_from_starts_at_the_given_weights_with_a_fresh_optimiser(pouring_root, splits, tmp_path):
+    train_set, val_set = splits
+    source = train(vision_only_config(pouring_root, tmp_path / "pretrained", epochs=1), train_set, val_set)
+    frozen = {"train.lr": 0.0, "train.init_from": str(tmp_path / "pretrained")}
+    tuned = train(vision_only_config(pouring_root, tmp_path / "tuned", epochs=1, **frozen), train_set, val_set)
+    for key, value in source.model.trainable_state_dict().items():
+        if "running_" not in key and "num_batches" not in key:  # lr 0: weights stay as loaded
+            assert torch.equal(tuned.model.trainable_state_dict()[key], value), key
+    state = load_checkpoint(tmp_path / "tuned")
+    assert state["epoch"] == 1  # its own schedule and epochs, not the source's
+    assert all(moments["step"] == len(train_set) for moments in state["optimizer"]["state"].values())
+    with pytest.raises(MVFormerError, match="do not fit"):  # another architecture: one clear line
+        other = {"train.init_from": str(tmp_path / "pretrained"), "model.embedding_size": 16}
+        train(vision_only_config(pouring_root, tmp_path / "other", epochs=1, **other), train_set, val_set)
+
+
+def test_training_and_evaluate_score_through_one_path(pouring_root, splits, tmp_path, capsys):
+    from mvformer.cli import main
+    train_set, val_set = splits
+    result = train(vision_only_config(pouring_root, tmp_path / "run", epochs=1), train_set, val_set)
+    assert main(["evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "eval")]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["mean"] == result.final_metrics  # the same numbers, to the last digit
+    assert main(["evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "eval")]) == 2  # no silent replace
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_skipped_step_leaves_batch_norm_statistics_as_they_were(pouring_root, splits, tmp_path, monkeypatch):
+    train_set, val_set = splits
+    config = vision_only_config(pouring_root, tmp_path / "run", epochs=1, **{"train.max_nonfinite_steps": 100})
+    torch.manual_seed(config.train.seed)
+    initial = {k: v.clone() for k, v in build_model(config).trainable_state_dict().items() if "running_" in k}
+    real_loss = mvformer.train.loop.sequence_contrastive_loss
+    monkeypatch.setattr(mvformer.train.loop, "sequence_contrastive_loss", lambda *a: real_loss(*a) * float("nan"))
+    result = train(config, train_set, val_set)
+    assert read_metrics(result.run_dir)[0]["nonfinite_steps"] == len(train_set)
+    for key, value in initial.items():  # every step was skipped: nothing moved, statistics included
+        assert torch.equal(result.model.trainable_state_dict()[key], value), key
+
+
+def test_a_run_folder_is_locked_and_never_appended_to(pouring_root, splits, tmp_path):
+    train_set, val_set = splits
+    config = vision_only_config(pouring_root, tmp_path / "run", epochs=1)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").write_text(str(os.getpid()))  # a live process holds it
+    with pytest.raises(MVFormerError, match="another mvformer process"):
+        train(config, train_set, val_set)
+    (tmp_path / "run" / ".lock").write_text("999999999")  # a dead one: taken over
+    train(config, train_set, val_set)
+    assert not (tmp_path / "run" / ".lock").exists()
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    with pytest.raises(MVFormerError, match="holds files of another run"):  # no appending to its metrics.jsonl
+        train(config, train_set, val_set)
+
+
+def test_resume_of_a_moved_run_and_a_changed_config_name_the_key(pouring_root, splits, tmp_path):
+    train_set, val_set = splits
+    train(vision_only_config(pouring_root, tmp_path / "run", epochs=1), train_set, val_set)
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    moved = vision_only_config(pouring_root, tmp_path / "moved", epochs=1)
+    train(moved, train_set, val_set, resume=True)  # output_dir differs from the stored one: fine
+    with pytest.raises(MVFormerError, match="first: 'model.dropout'"):
+        train(vision_only_config(pouring_root, tmp_path / "moved", epochs=1, **{"model.dropout": 0.3}),
+              train_set, val_set, resume=True)

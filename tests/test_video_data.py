@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -243,8 +244,8 @@ def break_video(root: Path) -> Path:
     [
         (break_missing_root, "nowhere: dataset root does not exist"),
         (break_missing_split, "splits/train.txt does not exist"),
-        (break_empty_split, "split file splits/train.txt lists no videos"),
-        (break_missing_video, "splits/train.txt names video 'ghost'"),
+        (break_empty_split, "splits/train.txt is empty: it lists no videos"),
+        (break_missing_video, "splits/train.txt line 2: names video 'ghost'"),
         (break_header, "labels/alpha.csv must start with the header 'frame,label'"),
         (break_label_name, "labels/alpha.csv line 11: label 'sideways' is not a name in classes.txt"),
         (break_row_count, "labels/alpha.csv has 9 rows but videos/alpha.mp4 has 10 frames"),
@@ -257,15 +258,25 @@ def test_layout_problems_name_the_file(dataset_root, break_layout, message):
         VideoDataset(root, "train")
 
 
+def pushups_subset(root: Path, counts: dict[str, int]) -> Path:
+    """The first videos of each split of the shared pushups set, copied into a root of their own (a dataset reads
+    only files inside its root, so symbolic links into the shared folder would be refused)."""
+    for folder in ("splits", "videos", "labels"):
+        (root / folder).mkdir(parents=True)
+    shutil.copyfile(PUSHUPS / "classes.txt", root / "classes.txt")
+    for split, count in counts.items():
+        names = (PUSHUPS / "splits" / f"{split}.txt").read_text().split()[:count]
+        (root / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        for name in names:
+            shutil.copyfile(PUSHUPS / "videos" / f"{name}.mp4", root / "videos" / f"{name}.mp4")
+            shutil.copyfile(PUSHUPS / "labels" / f"{name}.csv", root / "labels" / f"{name}.csv")
+    return root
+
+
 @pytest.mark.skipif(not PUSHUPS.is_dir(), reason="shared pushups dataset not present")
 def test_real_pushups_videos_match_their_labels(tmp_path):
     """A few real val videos: decoded frame counts agree with label rows and with the manifest."""
-    names = (PUSHUPS / "splits" / "val.txt").read_text().split()[:3]
-    root = tmp_path / "pushups"
-    (root / "splits").mkdir(parents=True)
-    (root / "splits" / "val.txt").write_text("\n".join(names) + "\n")
-    for entry in ("videos", "labels", "classes.txt"):
-        (root / entry).symlink_to(PUSHUPS / entry)
+    root = pushups_subset(tmp_path / "pushups", {"val": 3})
     with (PUSHUPS / "MANIFEST.csv").open() as file:
         manifest = {row["name"]: int(row["frames"]) for row in csv.DictReader(file)}
 
@@ -291,13 +302,7 @@ def test_real_pushups_are_indexed_from_packets_exactly():
 
 @pytest.mark.skipif(not PUSHUPS.is_dir(), reason="shared pushups dataset not present")
 def test_a_short_self_supervised_run_on_real_pushups_finishes_and_scores(tmp_path):
-    root = tmp_path / "pushups"
-    (root / "splits").mkdir(parents=True)
-    for split, count in (("train", 6), ("val", 4)):
-        names = (PUSHUPS / "splits" / f"{split}.txt").read_text().split()[:count]
-        (root / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    for entry in ("videos", "labels", "classes.txt"):
-        (root / entry).symlink_to(PUSHUPS / entry)
+    root = pushups_subset(tmp_path / "pushups", {"train": 6, "val": 4})
     config = load_config("demo", [f"data.root={root}", f"train.output_dir={tmp_path / 'run'}", "train.epochs=2",
                                   "train.batch_size=2", "data.clip_len=16", "data.preload=false"])
     result = train(config)

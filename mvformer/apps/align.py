@@ -12,15 +12,19 @@ import numpy as np
 from mvformer import viz
 from mvformer.apps.videos import (
     DEFAULT_FPS,
+    check_display_height,
+    check_videos,
     display_frames,
     embed_video_file,
+    load_app_model,
+    model_inputs,
     output_name,
     sibling_path,
+    video_fps,
 )
-from mvformer.checkpoint import load_model
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.alignment import align, check_method
-from mvformer.files import atomic_path, check_outputs, write_csv
+from mvformer.files import atomic_paths, check_outputs, save_csv
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,17 @@ def align_videos(checkpoint: str | Path, reference: str | Path, videos: Sequence
     by side, a grid for several, each with a progress bar), OUT_path.csv (the paths) and OUT_cost.png (the cost
     matrices with their paths). The animation runs on the reference's timeline at its frame rate (or `fps`);
     videos of other frame rates and sizes are fine, since alignment is by content."""
-    out, csv_path, png_path = align_outputs(Path(out))
+    outputs = align_outputs(Path(out))
     check_method(method)
+    check_display_height(height)
     if not videos:
         raise MVFormerError(f"{reference}: no video to align to it")
-    check_outputs([out, csv_path, png_path], overwrite)
     reference, others = Path(reference), [Path(v) for v in videos]
-    model, torch_device = load_model(checkpoint, device)
+    check_outputs(outputs, overwrite, [*model_inputs(checkpoint), reference, *others])
+    check_videos([reference, *others])
+    rate = fps or video_fps(reference) or DEFAULT_FPS
+    viz.check_frame_rate(rate, "--fps" if fps else f"{reference}: its frame rate")
+    model, torch_device = load_app_model(checkpoint, device)
     anchor = embed_video_file(model, reference, torch_device, frames)
     alignments = []
     for path in others:
@@ -76,11 +84,10 @@ def align_videos(checkpoint: str | Path, reference: str | Path, videos: Sequence
     width = max(panel.shape[2] for panel in panels)
     panels = [viz.draw_progress_bars(viz.letterbox(panel, width), fraction, viz.COLOURS[index % len(viz.COLOURS)])
               for index, (panel, fraction) in enumerate(zip(panels, fractions))]
-    with atomic_path(out) as temporary:
-        viz.save_animation(viz.tile_videos(panels), temporary, fps or anchor.fps or DEFAULT_FPS)
     rows = [(output_name(a.source), i, j, f"{a.costs[i, j]:.6f}") for a in alignments for i, j in a.path]
-    write_csv(csv_path, ("video", "reference_frame", "frame", "distance"), rows)
-    with atomic_path(png_path) as temporary:
+    with atomic_paths(outputs) as (animation_path, csv_path, png_path):
+        viz.save_animation(viz.tile_videos(panels), animation_path, rate)
+        save_csv(csv_path, ("video", "reference_frame", "frame", "distance"), rows)
         viz.plot_cost_matrices([a.costs for a in alignments], [a.path for a in alignments],
-                               [output_name(a.source) for a in alignments], temporary)
+                               [output_name(a.source) for a in alignments], png_path)
     return alignments

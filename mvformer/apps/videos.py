@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from mvformer import viz
+from mvformer.checkpoint import load_model
 from mvformer.data.video import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
+    count_frames,
     frame_chunks,
     frame_image_paths,
 )
@@ -41,6 +43,9 @@ MIN_FRAMES = 2  # the model embeds frames in time: a single frame has no sequenc
 DEFAULT_FPS = 25.0  # animations of frame folders, which record no frame rate
 
 
+DISPLAY_HEIGHTS = (16, 4096)  # pixel height of a video in a picture or an animation: from a thumbnail to 4K
+
+
 @dataclass(frozen=True)
 class VideoEmbedding:
     """Per-frame embeddings of one video."""
@@ -56,7 +61,10 @@ def sibling_path(path: Path, suffix: str) -> Path:
 
 
 def _is_frame_folder(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+    """A folder of frame images: it holds images and no video files (a folder of videos with a picture beside
+    them is still a folder of videos)."""
+    suffixes = {p.suffix.lower() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    return bool(suffixes & set(IMAGE_SUFFIXES)) and not suffixes & set(VIDEO_SUFFIXES)
 
 
 def list_videos(inputs: Sequence[str | Path]) -> list[Path]:
@@ -79,6 +87,43 @@ def list_videos(inputs: Sequence[str | Path]) -> list[Path]:
             raise MVFormerError(f"{item}: holds no videos ({'/'.join(VIDEO_SUFFIXES)} files or frame folders)")
         videos += found
     return videos
+
+
+def check_videos(paths: Sequence[Path]) -> list[int]:
+    """Before any model work: every path is a video file or frame folder that decodes (its container or images
+    are read, not its pixels) and has at least MIN_FRAMES frames. Returns the frame counts."""
+    counts = []
+    for path in paths:
+        if not path.exists():
+            raise MVFormerError(f"{path}: no such video file or frame folder")
+        if path.is_dir() and not _is_frame_folder(path):
+            raise MVFormerError(f"{path}: is a folder but not a frame folder (it holds no "
+                                f"{'/'.join(IMAGE_SUFFIXES)} images, or holds videos too)")
+        counts.append(count_frames(path))
+        _check_length(path, counts[-1])
+    return counts
+
+
+def check_display_height(height: int) -> None:
+    """A video's pixel height in a picture or animation must lie in DISPLAY_HEIGHTS."""
+    low, high = DISPLAY_HEIGHTS
+    if not low <= height <= high:
+        raise MVFormerError(f"height {height!r}: must be a whole number of pixels from {low} to {high}")
+
+
+def model_inputs(checkpoint: str | Path) -> list[Path]:
+    """The files a checkpoint source is read from, which no output may replace: the file itself, or every file
+    directly in a run or export folder."""
+    source = Path(checkpoint)
+    return [p for p in source.iterdir() if p.is_file()] if source.is_dir() else [source]
+
+
+def load_app_model(checkpoint: str | Path, device: str) -> tuple[MVFormer, torch.device]:
+    """`load_model` for the own-video commands, whose device comes from --device (named so in the error).
+    Weights holding NaN or Inf are refused by the loader (check_finite_weights)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MVFormerError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return load_model(checkpoint, device)
 
 
 def video_fps(path: Path) -> float | None:
@@ -153,7 +198,11 @@ def embed_video_file(model: MVFormer, path: str | Path, device: torch.device, fr
               for chunk in _progress_frames(path, size))  # (c, P, C), (c, C_cls) each
     tokens = model.pool_chunks(chunks)  # (1, L, N, D)
     _check_length(path, tokens.shape[1])
-    return VideoEmbedding(path, model.encode_pooled(tokens).cpu().numpy(), video_fps(path))
+    embeddings = model.encode_pooled(tokens).cpu().numpy()  # (L, E)
+    if not np.isfinite(embeddings).all():
+        raise MVFormerError(f"{path}: the model gives NaN or Inf embeddings for this video (non-finite weights in "
+                            f"its backbone?); nothing is written")
+    return VideoEmbedding(path, embeddings, video_fps(path))
 
 
 def output_name(path: Path) -> str:

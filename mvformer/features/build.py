@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mvformer.config import AugmentConfig, Config
-from mvformer.data.datasets import VideoDataset, has_generic_split
+from mvformer.data.datasets import VideoDataset, check_root, has_generic_split
 from mvformer.data.formats import open_dataset
 from mvformer.data.transforms import augment_views, normalize
 from mvformer.errors import MVFormerError
@@ -33,7 +33,7 @@ from mvformer.features.cache import (
     identity_mismatch,
     plain_augment,
     read_manifest,
-    same_videos,
+    video_difference,
     video_entries,
     write_manifest,
 )
@@ -43,6 +43,7 @@ from mvformer.progress import progress_bar
 from mvformer.runtime import resolve_device
 
 DEFAULT_CHUNK_FRAMES = 512
+MAX_COPIES = 1000  # augmented copies of the train split; each is a whole copy of its tokens on disk
 
 
 def _human(num_bytes: float) -> str:
@@ -136,12 +137,13 @@ def _reconcile(folder: Path, old: dict, new: dict, copies: int, note: Callable[[
     for split, layout in new["splits"].items():
         split_copies = merged["copies"] if split == AUGMENTED_SPLIT else 0
         previous = old["splits"].get(split)
-        if previous is not None and same_videos(previous["videos"], layout["videos"]):
+        difference = None if previous is None else video_difference(previous["videos"], layout["videos"])
+        if previous is not None and difference is None:
             complete = previous["complete"] + [0] * (split_copies + 1 - len(previous["complete"]))
             merged["splits"][split] = dict(previous, copies=split_copies, complete=complete)
             continue
         if previous is not None:
-            note(f"{folder}: the {split} videos changed since they were cached; caching that split again")
+            note(f"{folder}: {difference} since split {split} was cached; caching that split again")
         counts = [video["num_frames"] for video in layout["videos"]]
         merged["splits"][split] = dict(layout, chunks=_chunks(counts, merged["chunk_frames"]), copies=split_copies,
                                        complete=[0] * (split_copies + 1))
@@ -254,7 +256,7 @@ def _complete_chunks(manifest: dict) -> tuple[int, int]:
 
 def _open_splits(config: Config, splits: Sequence[str], note: Callable[[str], None]) -> dict[str, VideoDataset]:
     """The dataset's `splits` as the cache decodes them; a generic-layout split without a split file is skipped."""
-    root = Path(config.data.root)
+    root = check_root(config.data.root)
     if config.data.format != "generic":
         return {split: open_dataset(root, split, config.data.format, config.data.subset,
                                     size=config.data.image_size) for split in splits}
@@ -264,6 +266,22 @@ def _open_splits(config: Config, splits: Sequence[str], note: Callable[[str], No
     if not present:
         raise MVFormerError(f"{root}: none of the splits {', '.join(splits)} exists (no splits/SPLIT.txt)")
     return {split: VideoDataset(root, split, size=config.data.image_size) for split in present}
+
+
+def _check_cache_folder(folder: Path, data_root: Path) -> None:
+    """Refuse a cache folder that is a file, overlaps the dataset (an output is never one of the inputs), or is a
+    non-empty folder holding no feature cache (nothing but a cache is ever written into)."""
+    if not str(folder).strip():
+        raise MVFormerError("the feature cache folder is not set")
+    if folder.exists() and not folder.is_dir():
+        raise MVFormerError(f"{folder}: exists and is not a folder, so it cannot hold a feature cache")
+    cache, data = folder.resolve(), data_root.resolve()
+    if cache.is_relative_to(data) or data.is_relative_to(cache):
+        raise MVFormerError(f"{folder}: the feature cache must lie outside the dataset root {data_root} and must not "
+                            f"hold it")
+    if folder.is_dir() and not (folder / MANIFEST_NAME).is_file() and any(folder.iterdir()):
+        raise MVFormerError(f"{folder}: is not empty and holds no feature cache ({MANIFEST_NAME} missing); choose "
+                            f"another --out")
 
 
 def cache_features(config: Config, out_dir: str | Path | None = None, copies: int = 0,
@@ -276,16 +294,18 @@ def cache_features(config: Config, out_dir: str | Path | None = None, copies: in
     out_dir: default `data.feature_cache` ("auto"/"none": the default folder). copies: augmented copies of every
     train frame besides copy 0. datasets: the splits already opened (decoded squashed to data.image_size), else
     the generic layout's splits are opened and those without a split file skipped. Resumes an interrupted cache;
-    refuses to start when the disk cannot hold what remains to write.
+    refuses to start when the disk cannot hold what remains to write, and refuses a folder that is a file, lies
+    inside the dataset or holds it, or is not empty without holding a cache.
     """
-    if copies < 0:
-        raise MVFormerError(f"--copies must be >= 0, got {copies}")
+    if not 0 <= copies <= MAX_COPIES:
+        raise MVFormerError(f"--copies must be in [0, {MAX_COPIES}], got {copies}")
     if copies and not config.data.augment.enabled:
         raise MVFormerError("augmented copies need data.augment.enabled true (they would equal copy 0)")
     if chunk_frames < 1:
         raise MVFormerError(f"feature cache chunk_frames must be >= 1, got {chunk_frames}")
     folder = Path(out_dir) if out_dir is not None else cache_dir(config) or default_cache_dir(config)
     datasets = _open_splits(config, splits, note) if datasets is None else datasets
+    _check_cache_folder(folder, check_root(config.data.root))
     for split, dataset in datasets.items():
         if dataset.size != config.data.image_size:
             raise MVFormerError(f"{dataset.root}: split {split} is decoded at size {dataset.size}, the cache needs "

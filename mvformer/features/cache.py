@@ -91,18 +91,34 @@ def cache_dir(config: Config) -> Path | None:
     return default_cache_dir(config) if setting == "auto" else Path(setting)
 
 
+def _stat_fingerprint(path: Path) -> list[int]:
+    """[size, modification time in ns] of a file (symbolic links followed)."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def backbone_fingerprint(path: str | None) -> dict | None:
-    """Sizes of the files of a weights folder, so that new weights in the same folder are noticed."""
-    if not path or not Path(path).is_dir():
+    """Size and modification time of the weights file, or of each file of a weights folder, so that new weights
+    at the same path are noticed even when they have the same size (same architecture); None without a path."""
+    if not path or not Path(path).exists():
         return None
-    return {entry.name: entry.stat().st_size for entry in sorted(Path(path).iterdir()) if entry.is_file()}
+    files = sorted(entry for entry in Path(path).iterdir() if entry.is_file()) if Path(path).is_dir() else [Path(path)]
+    return {entry.name: _stat_fingerprint(entry) for entry in files}
 
 
-def video_fingerprint(path: Path) -> int:
-    """Byte size of a video file, or number of images of a frame folder: cheap, and changes when the video does."""
-    if path.is_dir():
-        return sum(1 for entry in path.iterdir() if entry.suffix.lower() in IMAGE_SUFFIXES)
-    return path.stat().st_size if path.is_file() else -1
+def video_fingerprint(path: Path) -> str | None:
+    """Size and modification time (ns) of a video file, or of every image of a frame folder (hashed together):
+    cheap, and changes when any file of the video is replaced or rewritten; None when the path is gone."""
+    try:
+        if path.is_dir():
+            images = sorted((entry.name, *_stat_fingerprint(Path(entry.path))) for entry in os.scandir(path)
+                            if not entry.name.startswith(".") and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES)
+            digest = hashlib.sha256(json.dumps(images).encode()).hexdigest()[:16]
+            return f"{len(images)} images, sizes and mtimes {digest}"
+        size, mtime_ns = _stat_fingerprint(path)
+        return f"{size} bytes, mtime_ns {mtime_ns}"
+    except OSError:
+        return None
 
 
 def video_entries(dataset: VideoDataset) -> list[dict]:
@@ -145,8 +161,16 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 VIDEO_KEYS = ("name", "path", "fingerprint", "num_frames")
 
 
-def same_videos(old: list[dict], new: list[dict]) -> bool:
-    return [[v[k] for k in VIDEO_KEYS] for v in old] == [[v[k] for k in VIDEO_KEYS] for v in new]
+def video_difference(old: list[dict], new: list[dict]) -> str | None:
+    """How two lists of `video_entries` first differ, as a phrase; None when they agree."""
+    if [video["name"] for video in old] != [video["name"] for video in new]:
+        return "the list of videos differs"
+    for cached, current in zip(old, new):
+        changed = [key for key in VIDEO_KEYS[1:] if cached[key] != current[key]]
+        if changed:
+            what = "files (size or modification time)" if changed == ["fingerprint"] else " and ".join(changed)
+            return f"the {what} of video {current['name']} changed"
+    return None
 
 
 @dataclass(frozen=True)
@@ -256,14 +280,15 @@ def _mismatch(folder: Path, manifest: dict, config: Config, splits: Sequence[str
                 return f"split {split} is not cached"
             continue  # the dataset has no such split
         if split in datasets:
-            if not same_videos(layout["videos"], video_entries(datasets[split])):
-                return f"the {split} videos (names, files or frame counts) differ from those cached"
+            difference = video_difference(layout["videos"], video_entries(datasets[split]))
+            if difference is not None:
+                return f"{difference} since split {split} was cached"
         elif names is not None and [video["name"] for video in layout["videos"]] != names:
             return f"splits/{split}.txt lists other videos than the cache"
         changed = next((video["name"] for video in layout["videos"]
                         if video_fingerprint(root / video["path"]) != video["fingerprint"]), None)
         if changed is not None:
-            return f"video {changed} changed since it was cached"
+            return f"the files (size or modification time) of video {changed} changed since it was cached"
         copies = layout["copies"] if split == AUGMENTED_SPLIT and augmented else 0
         if not all(c == len(layout["chunks"]) for c in layout["complete"][:copies + 1]):
             return f"split {split} is only partly cached (rerun cache-features to finish it)"

@@ -155,6 +155,7 @@ def _locked(run_dir: Path, is_main: bool) -> Iterator[None]:
     if not is_main:
         yield
         return
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / ".lock"
     for _ in range(2):
@@ -180,6 +181,8 @@ def _locked(run_dir: Path, is_main: bool) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves no folder behind
 
 
 def _start(run: _Run, resume: bool) -> tuple[int, int, list[float]]:

@@ -1,0 +1,226 @@
+"""`mvformer report` in a real browser: headless Chromium (Debian's chromium and chromium-driver packages), driven
+through chromedriver's W3C WebDriver endpoints with the standard library. The page is loaded from file://; the test
+checks the metrics table, that every video decodes and shows a picture, that seeking the reference moves another
+video to the frame its alignment path names, and saves a screenshot. Skipped only where no Chromium is installed."""
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from mvformer.apps import report
+from mvformer.apps.align import shown_frames
+from mvformer.apps.videos import embed_video_file
+from mvformer.checkpoint import load_model
+from mvformer.cli import main
+from mvformer.config import load_config
+from mvformer.data.datasets import VideoDataset
+from mvformer.data.synthetic import generate_pouring_dataset
+from mvformer.evaluation.alignment import align
+from mvformer.evaluation.time_only import time_only_metrics
+from mvformer.train.loop import train
+
+CHROMIUM_BINARIES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser", "google-chrome")
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-first-run", "--mute-audio", "--autoplay-policy=no-user-gesture-required",
+                  "--window-size=1280,1800")
+
+
+def find_chromium() -> tuple[str, str] | None:
+    """(browser binary, chromedriver) when both are installed, else None."""
+    browser = next((found for name in CHROMIUM_BINARIES if (found := shutil.which(name))), None)
+    driver = shutil.which("chromedriver") or shutil.which("/usr/lib/chromium/chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A demo model trained for three epochs on tiny synthetic videos, with its training log and evaluation."""
+    base = tmp_path_factory.mktemp("report")
+    root = generate_pouring_dataset(base / "pouring", num_train=4, num_val=3, size=64, min_frames=16, max_frames=24,
+                                    seed=0)
+    config = load_config("demo", [f"data.root={root}", "data.clip_len=16", "train.epochs=3", "train.batch_size=2",
+                                  f"train.output_dir={base / 'run'}", "train.eval_every=3"])
+    return train(config).run_dir, root
+
+
+@pytest.fixture(scope="module")
+def built(trained_run, tmp_path_factory):
+    run, root = trained_run
+    out = tmp_path_factory.mktemp("page") / "report"
+    videos = sorted((root / "videos").glob("pour_00[4-6].mp4"))  # the validation videos
+    assert main(["report", str(run), "--videos", *map(str, videos), "--out", str(out), "--device", "cpu",
+                 "--no-progress"]) == 0
+    return run, root, out, videos
+
+
+def test_report_folder_holds_the_page_its_data_and_browser_ready_videos(built):
+    run, root, out, videos = built
+    page = (out / "index.html").read_text()
+    assert "https://" not in page and "http://" not in page  # nothing is fetched
+    data = json.loads((out / "report.json").read_text())
+    model, device = load_model(run, "cpu")
+    embeddings = [embed_video_file(model, v, device).embeddings for v in videos]
+    for index, (video, embs) in enumerate(zip(videos, embeddings)):
+        listed = data["videos"][index]
+        assert listed["frames"] == len(embs) and listed["fps"] == 25.0
+        with av.open(str(out / listed["file"])) as container:
+            stream = container.streams.video[0]
+            assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
+            assert stream.codec_context.height == 192 and stream.codec_context.width % 2 == 0
+            times = np.array([frame.time for frame in container.decode(video=0)])
+        np.testing.assert_allclose(times, np.arange(len(embs)) / 25.0, atol=1e-6)  # frame i from time i / fps
+        if index:
+            expected = shown_frames(*align(embeddings[0], embs, "dtw"))
+            np.testing.assert_array_equal(data["mapping"][index], expected)
+    assert (out / "videos" / "00.mp4").read_bytes()[:64].find(b"ftyp") >= 0
+    header = (out / "videos" / "00.mp4").read_bytes()[:4096]
+    assert b"moov" in header  # the index comes before the frames (+faststart)
+
+    model_row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["eval"]
+    assert data["metrics"]["model"] == model_row
+    train_set, val_set = VideoDataset(root, "train"), VideoDataset(root, "val")
+    labels = ([r.labels for r in train_set.records], [r.labels for r in val_set.records])
+    expected_time_only = time_only_metrics(*labels, train_set.num_classes, model.config.model.hidden_size,
+                                           model.config.data.clip_len, fractions=model.config.eval.fractions,
+                                           ks=model.config.eval.ks)
+    assert data["metrics"]["time_only"] == expected_time_only
+    for asset in ("report.css", "report.js", "training_curves.png", "retrieval.png", "attention/attention.mp4",
+                  "attention/attention_strip.png"):
+        assert (out / asset).stat().st_size > 0, asset
+
+
+class WebDriver:
+    """The few W3C WebDriver commands the test needs, over HTTP to a local chromedriver."""
+
+    def __init__(self, browser: str, driver: str, profile: Path):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.process = subprocess.Popen([driver, f"--port={port}"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self._call("GET", "/status")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        options = {"binary": browser, "args": [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]}
+        session = self._call("POST", "/session", {"capabilities": {"alwaysMatch": {
+            "browserName": "chrome", "goog:chromeOptions": options}}})
+        self.session = f"/session/{session['sessionId']}"
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        request = urllib.request.Request(self.base + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())["value"]
+        except urllib.error.HTTPError as error:
+            raise AssertionError(f"WebDriver {method} {path}: {error.read()[:500]!r}") from None
+
+    def open(self, url: str) -> None:
+        self._call("POST", f"{self.session}/url", {"url": url})
+
+    def run(self, script: str, *args):
+        """Run an async script: its last argument is the callback that returns its result."""
+        return self._call("POST", f"{self.session}/execute/async", {"script": script, "args": list(args)})
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self._call("GET", f"{self.session}/screenshot")))
+
+    def close(self) -> None:
+        try:
+            self._call("DELETE", self.session)
+        finally:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+VIDEO_STATES = """
+const done = arguments[arguments.length - 1];
+const deadline = Date.now() + 15000;
+(function poll() {
+  const states = [...document.querySelectorAll("video")].map((v) => ({id: v.id, ready: v.readyState,
+    width: v.videoWidth, error: v.error ? v.error.code : null}));
+  if (states.every((s) => s.ready >= 2 || s.error) || Date.now() > deadline) { done(states); }
+  else { setTimeout(poll, 50); }
+})();
+"""
+
+SEEK_AND_READ = """
+const [frame, follower, done] = arguments;
+const report = window.mvformerReport;
+const video = document.getElementById("video-" + follower);
+const expected = (report.data.mapping[follower][frame] + 0.5) / report.data.videos[follower].fps;
+report.seekReference(frame);
+const deadline = Date.now() + 10000;
+(function poll() {
+  const reference = document.getElementById("video-0");
+  const settled = !reference.seeking && !video.seeking && report.frameAt(0) === frame
+    && Math.abs(video.currentTime - expected) < 0.5 / report.data.videos[follower].fps;
+  if (settled || Date.now() > deadline) {
+    done({reference: reference.currentTime, follower: video.currentTime,
+          caption: document.getElementById("frame-" + follower).textContent,
+          slider: Number(document.getElementById("scrub").value),
+          nearest: document.getElementById("nearest-frame").textContent});
+  } else { setTimeout(poll, 20); }
+})();
+"""
+
+
+def test_the_page_in_headless_chromium(built, tmp_path):
+    found = find_chromium()
+    if found is None:
+        pytest.skip("no Chromium and chromedriver installed (Debian: apt-get install chromium chromium-driver)")
+    _, _, out, _ = built
+    data = json.loads((out / "report.json").read_text())
+    browser = WebDriver(*found, tmp_path / "profile")
+    try:
+        browser.open((out / "index.html").resolve().as_uri())
+        table = browser.run("arguments[0]([...document.querySelectorAll('table.metrics tr')].map("
+                            "(row) => [...row.children].map((cell) => cell.textContent)));")
+        assert [row[0] for row in table] == ["model", "this model", report.TIME_ONLY_LABEL]
+        model_row = data["metrics"]["model"]
+        assert table[1][1:] == [f"{model_row['classification'][f]:.4f}" for f in ("0.1", "0.5", "1.0")] + [
+            f"{model_row['progression'][f]:.4f}" for f in ("0.1", "0.5", "1.0")] + [
+            f"{model_row['kendalls_tau']:.4f}"] + [f"{model_row['retrieval'][k]:.4f}" for k in ("5", "10", "15")]
+
+        states = browser.run(VIDEO_STATES)
+        assert len(states) == len(data["videos"]) + 1  # the viewer's videos and the attention animation
+        for state in states:
+            assert state["error"] is None and state["ready"] >= 2 and state["width"] > 0, state
+
+        lengths = [video["frames"] for video in data["videos"]]
+        for frame in (lengths[0] - 1, lengths[0] // 2, 3):
+            for follower in range(1, len(lengths)):
+                seen = browser.run(SEEK_AND_READ, frame, follower)
+                fps = data["videos"][follower]["fps"]
+                target = data["mapping"][follower][frame]
+                assert abs(seen["follower"] * fps - (target + 0.5)) <= 0.5, (frame, follower, seen)
+                assert min(int(seen["reference"] * data["videos"][0]["fps"]), lengths[0] - 1) == frame  # the end
+                assert seen["caption"] == f"frame {target}" and seen["slider"] == frame
+                assert seen["nearest"] == str(frame)
+        screenshot = tmp_path / "report.png"
+        browser.screenshot(screenshot)
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+        if os.environ.get("MVFORMER_KEEP_SCREENSHOT"):
+            shutil.copy(screenshot, os.environ["MVFORMER_KEEP_SCREENSHOT"])
+    finally:
+        browser.close()
