@@ -10,9 +10,44 @@ from mvformer.errors import MVFormerError
 from mvformer.progress import NO_PROGRESS_VARIABLE
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are MVFormerError, so that main prints them as the one line every user
+    error gets (exit status 2) instead of argparse's usage block."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        raise MVFormerError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+
+
+def int_in(low: int, high: int):
+    """argparse type: a whole number in [low, high] (sizes and counts have sane upper bounds)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside [{low}, {high}]")
+        return value
+    return parse
+
+
+def float_in(low: float, high: float, low_open: bool = False):
+    """argparse type: a finite number in [low, high], or (low, high] with `low_open`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low < value <= high if low_open else low <= value <= high):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{text} is outside {'(' if low_open else '['}{low:g}, {high:g}]")
+        return value
+    return parse
+
+
 def _cmd_demo(args) -> None:
     from mvformer.demo import run_demo
-    run_demo(Path(args.out), args.seeds, args.set)
+    run_demo(Path(args.out), args.seeds, args.set, objectives=args.objective)
 
 
 def _cmd_train(args) -> None:
@@ -34,13 +69,16 @@ def _cmd_evaluate(args) -> None:
 
 def _cmd_evaluate_embeddings(args) -> None:
     from mvformer.evaluation.embeddings_io import format_table, score_files
-    if args.json and not Path(args.json).parent.is_dir():
-        raise MVFormerError(f"{args.json}: the folder to write it in does not exist")
+    from mvformer.files import check_outputs, write_text
+    if args.json:
+        check_outputs([args.json], args.overwrite, inputs=args.files)
+        if not Path(args.json).parent.is_dir():
+            raise MVFormerError(f"{args.json}: the folder to write it in does not exist")
     result = score_files(args.files, stride=args.stride, fractions=args.fractions, ks=args.ks, tasks=args.tasks,
                          classifier=args.classifier, num_classes=args.num_classes)
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
@@ -132,7 +170,7 @@ def _cmd_convert_backbone(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mvformer", description=__doc__.splitlines()[0].split(". ")[0])
+    parser = _Parser(prog="mvformer", description=__doc__.splitlines()[0].split(". ")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, handler, help_text: str) -> argparse.ArgumentParser:
@@ -145,8 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (table shows mean ± 2 std)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override demo.yaml")
+    demo.add_argument("--objective", nargs="+", default=["scl"], choices=["scl", "tcc", "tcn", "classification"],
+                      help="train MV-Former with each objective, one row each (default: scl)")
 
-    train = add("train", _cmd_train, "self-supervised SCL training from a YAML config")
+    train = add("train", _cmd_train, "training (SCL, TCC, TCN or supervised: train.objective) from a YAML config")
     train.add_argument("config", help="a YAML file or a shipped config name (e.g. penn_action, demo)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="dotted override, e.g. --set model.num_tokens=5 (repeatable)")
@@ -164,16 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
                  "score frame embeddings of any model saved as .npz (one file per dataset)")
     scores.add_argument("files", nargs="+", metavar="FILE.npz",
                         help="train_/val_ embs (frames, D), labels (frames,), lens (videos,); e.g. embeddings.npz")
-    scores.add_argument("--stride", type=int, default=1, help="tau and AP@K use every stride-th frame (default: 1)")
-    scores.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5, 1.0],
+    scores.add_argument("--stride", type=int_in(1, 100_000), default=1,
+                        help="tau and AP@K use every stride-th frame (default: 1)")
+    scores.add_argument("--fractions", type=float_in(0, 1, low_open=True), nargs="+", default=[0.1, 0.5, 1.0],
                         help="training-video fractions for classification and progression (default: 0.1 0.5 1.0)")
-    scores.add_argument("--ks", type=int, nargs="+", default=[5, 10, 15], help="AP@K values (default: 5 10 15)")
+    scores.add_argument("--ks", type=int_in(1, 100_000), nargs="+", default=[5, 10, 15],
+                        help="AP@K values (default: 5 10 15)")
     scores.add_argument("--tasks", nargs="+", choices=("classification", "progression", "kendalls_tau", "retrieval"),
                         metavar="TASK", help="any of %(choices)s (default: all)")
     scores.add_argument("--classifier", choices=("logistic", "sgd-linear"), default="logistic",
                         help="classification probe: logistic regression, or FineGym's linear layer trained with SGD")
-    scores.add_argument("--num-classes", type=int, help="phases (default: largest label in train or val + 1)")
+    scores.add_argument("--num-classes", type=int_in(1, 10_000),
+                        help="phases (default: largest label in train or val + 1)")
     scores.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
+    scores.add_argument("--overwrite", action="store_true", help="replace the JSON file if it exists")
 
     export = add("export", _cmd_export, "save a training checkpoint as a shareable folder (JSON config, "
                  "safetensors weights, model card)")
@@ -221,14 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "are written beside it")
     align.add_argument("--method", choices=("dtw", "nn"), default="dtw",
                        help="dynamic time warping (monotone) or each frame's nearest neighbour (default: dtw)")
-    align.add_argument("--height", type=int, default=192, help="pixel height of each video in the output")
-    align.add_argument("--fps", type=float, help="frame rate of the output (default: the reference's)")
+    align.add_argument("--height", type=int_in(16, 4096), default=192,
+                       help="pixel height of each video in the output, 16 to 4096 (default: 192)")
+    align.add_argument("--fps", type=float_in(0.1, 1000),
+                       help="frame rate of the output, 0.1 to 1000 (default: the reference's)")
 
     retrieve = add_app("retrieve", _cmd_retrieve, "the K nearest frames to a query frame across a folder of videos")
     retrieve.add_argument("--query", required=True, metavar="VIDEO:FRAME", help="query video and 0-based frame")
     retrieve.add_argument("--gallery", required=True, nargs="+", metavar="DIR",
                           help="folders of videos (or video files) to search")
-    retrieve.add_argument("-k", type=int, default=8, help="frames to retrieve (default: 8)")
+    retrieve.add_argument("-k", type=int_in(1, 100), default=8, help="frames to retrieve, 1 to 100 (default: 8)")
     retrieve.add_argument("--other-videos", action="store_true", help="leave the query's own video out")
     retrieve.add_argument("--out", default="retrieval.png", metavar="FILE.png",
                           help="contact sheet; FILE.csv beside it (default: retrieval.png)")
@@ -238,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("video")
     attention.add_argument("--out", required=True, metavar="DIR",
                            help="folder for attention.npy, attention_strip.png and the animation")
-    attention.add_argument("--every", type=int, default=1, metavar="N", help="animate every N-th frame (default: 1)")
+    attention.add_argument("--every", type=int_in(1, 10_000), default=1, metavar="N",
+                           help="animate every N-th frame (default: 1)")
     attention.add_argument("--format", choices=("gif", "mp4"), default="gif", help="animation format (default: gif)")
 
     progress = add_app("progress", _cmd_progress, "phase progress of a video, regressed from labelled reference "
@@ -294,15 +341,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(message: str) -> int:
+    """Print a user error as its one line (line breaks in a file name shown as \\n) and return exit status 2."""
+    print(f"mvformer: error: {message}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.no_progress:
-        os.environ[NO_PROGRESS_VARIABLE] = "1"
     try:
+        args = build_parser().parse_args(argv)
+        if args.no_progress:
+            os.environ[NO_PROGRESS_VARIABLE] = "1"
         args.handler(args)
     except MVFormerError as error:
-        print(f"mvformer: error: {error}", file=sys.stderr)
-        return 2
+        return _user_error(str(error))
+    except OSError as error:  # a path the system refuses (too long, no permission, disk full): still one line
+        if error.filename is None:
+            raise
+        return _user_error(f"{error.filename}: {error.strerror or error}")
     except KeyboardInterrupt:
         print("mvformer: interrupted", file=sys.stderr)
         return 130

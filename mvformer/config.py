@@ -33,6 +33,9 @@ SamplingRule = Literal["whole_video", "window"]
 FrameMode = Literal["squash", "native"]
 Device = Literal["auto", "cpu", "cuda"]
 Classifier = Literal["logistic", "sgd-linear"]
+Objective = Literal["scl", "tcc", "tcn", "classification"]
+TCCLoss = Literal["regression_mse_var", "regression_mse", "regression_huber", "classification"]
+TCCSimilarity = Literal["l2", "cosine"]
 
 
 def check_registry(choices, registry) -> None:
@@ -135,10 +138,57 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """Sequence contrastive loss."""
+    """Sequence contrastive loss (train.objective scl)."""
 
     temperature: float = 0.1
     variance: float = 10.0
+
+
+@dataclass(frozen=True)
+class TCCConfig:
+    """TCC hyper-parameters; defaults are the published ones (utils/config.py and every configs/tcc_*.yml)."""
+
+    loss_type: TCCLoss = "regression_mse_var"
+    similarity_type: TCCSimilarity = "l2"  # l2 (negative squared distance) | cosine (dot product)
+    temperature: float = 0.1  # softmax temperature of both hops, > 0
+    label_smoothing: float = 0.1  # in [0, 1): mass moved from the start frame to the other frames
+    variance_lambda: float = 0.001  # >= 0: weight of the log-variance term of regression_mse_var
+    normalize_indices: bool = True  # regress frame positions divided by the video length
+    huber_delta: float = 1.0  # > 0: SmoothL1 beta of regression_huber
+
+    def __post_init__(self) -> None:
+        for name, choices in (("loss_type", TCCLoss), ("similarity_type", TCCSimilarity)):
+            if getattr(self, name) not in typing.get_args(choices):
+                raise MVFormerError(f"tcc {name} is {getattr(self, name)!r}; choose one of "
+                                    f"{', '.join(typing.get_args(choices))}")
+        if self.temperature <= 0 or self.huber_delta <= 0:
+            raise MVFormerError(f"tcc temperature ({self.temperature}) and huber_delta ({self.huber_delta}) "
+                                f"must be > 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise MVFormerError(f"tcc label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.variance_lambda < 0:
+            raise MVFormerError(f"tcc variance_lambda must be >= 0, got {self.variance_lambda}")
+
+
+@dataclass(frozen=True)
+class TCNConfig:
+    """TCN hyper-parameters; defaults are the published ones (utils/config.py, configs/tcn_config.yml)."""
+
+    positive_window: int = 5  # >= 1: the positive is 1..positive_window frames before its anchor (sampling)
+    reg_lambda: float = 0.002  # >= 0: weight of the squared-norm penalty, 0.25 * reg_lambda * (anchor + positive)
+
+    def __post_init__(self) -> None:
+        if self.positive_window < 1:
+            raise MVFormerError(f"tcn positive_window must be >= 1, got {self.positive_window}")
+        if self.reg_lambda < 0:
+            raise MVFormerError(f"tcn reg_lambda must be >= 0, got {self.reg_lambda}")
+
+
+@dataclass
+class ClassificationConfig:
+    """The supervised baseline: a linear layer on the frame embeddings, trained on the frame labels."""
+
+    dropout: float = 0.1  # published FC_DROPOUT_RATE before the linear layer
 
 
 @dataclass
@@ -161,6 +211,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 10  # stop after this many consecutive steps with a NaN/Inf loss or gradient
     output_dir: str = "runs/default"
     init_from: str | None = None  # a run folder, checkpoint or export: start from its head weights (fine-tuning)
+    objective: Objective = "scl"  # scl (two views) | tcc | tcn (one view of anchor-positive pairs) | classification
 
 
 @dataclass
@@ -183,6 +234,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    tcc: TCCConfig = field(default_factory=TCCConfig)
+    tcn: TCNConfig = field(default_factory=TCNConfig)
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -215,7 +269,7 @@ RANGES = {
     "train.seed": (0, 2**32 - 1), "train.eval_every": (1, 10_000_000), "train.checkpoint_every": (1, 10_000_000),
     "train.checkpoint_every_steps": (0, 10_000_000), "train.max_nonfinite_steps": (1, 10_000_000),
     "eval.stride": (1, 100_000), "eval.fractions": (1e-9, 1.0), "eval.ks": (1, 100_000),
-    "eval.frames_per_batch": (2, 10_000_000),
+    "eval.frames_per_batch": (2, 10_000_000), "classification.dropout": (0.0, 0.99),
 }
 NON_EMPTY = ("backbone.blocks", "eval.fractions", "eval.ks")
 NON_EMPTY_TEXT = ("name", "train.output_dir")

@@ -39,6 +39,17 @@ VARIANTS = (
     Variant("Control: untrained MV-Former", (), trained=False),
     Variant("Control: time only (visual input zeroed)", ("model.zero_visual_input=true",)),
 )
+OBJECTIVE_LABELS = {"scl": "SCL", "tcc": "TCC", "tcn": "TCN", "classification": "supervised"}
+
+
+def demo_variants(objectives: list[str]) -> tuple[Variant, ...]:
+    """The demo's rows: MV-Former trained with each objective (SCL alone: the classic table), then the baseline,
+    the ablation and the controls, all with SCL."""
+    if objectives == ["scl"]:
+        return VARIANTS
+    trained = tuple(Variant(f"MV-Former ({OBJECTIVE_LABELS[objective]})", (f"train.objective={objective}",))
+                    for objective in objectives)
+    return trained + VARIANTS[1:]
 COLUMNS = (("classification", "classification", "1.0"), ("progression", "progression", "1.0"),
            ("tau", "kendalls_tau", None), ("AP@5", "retrieval", "5"), ("AP@10", "retrieval", "10"),
            ("AP@15", "retrieval", "15"))
@@ -82,8 +93,10 @@ def format_table(rows: dict[str, np.ndarray]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out_dir: Path, seeds: list[int], config_overrides: list[str] = (), log=print) -> dict[str, np.ndarray]:
+def run_demo(out_dir: Path, seeds: list[int], config_overrides: list[str] = (), log=print,
+             objectives: list[str] = ("scl",)) -> dict[str, np.ndarray]:
     """Generate the synthetic set (once), run every variant for every seed, write the results."""
+    variants = demo_variants(list(objectives))
     out_dir = Path(out_dir)
     base = load_config("demo", [f"data.root={out_dir / 'data'}", *config_overrides])
     data_root = Path(base.data.root)
@@ -98,7 +111,7 @@ def run_demo(out_dir: Path, seeds: list[int], config_overrides: list[str] = (), 
     backbone = build_backbone(base.backbone.name, base.backbone.blocks, path=base.backbone.path,
                               image_size=base.data.image_size, chunk_size=base.backbone.chunk_size)
     rows, curves = {}, {}
-    for variant in VARIANTS:
+    for variant in variants:
         results = []
         for seed in seeds:
             row, curve = run_variant(variant, base, seed, out_dir, train_set, val_set, backbone)
@@ -120,7 +133,7 @@ def run_demo(out_dir: Path, seeds: list[int], config_overrides: list[str] = (), 
     plot_training_curves(curves, out_dir / "training_curves.png")
     log("\n" + summary)
     log(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.json'}, {out_dir / 'training_curves.png'}")
-    mvformer_run = out_dir / f"{_slug(VARIANTS[0].label)}_seed{seeds[0]}"
+    mvformer_run = out_dir / f"{_slug(variants[0].label)}_seed{seeds[0]}"
     write_demo_pictures(mvformer_run, data_root, out_dir / "pictures", device=base.train.device)
     log(f"wrote pictures of embed, align, retrieve, attention and progress in {out_dir / 'pictures'}")
     return rows

@@ -84,22 +84,23 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence])
         save_csv(temporary, header, rows)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file or folder (symbolic links followed, hard links included)."""
+def _resolved(path: Path) -> Path:
+    """`path` with symbolic links followed; a loop of them is a one-line error naming it."""
     try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except (OSError, RuntimeError):  # a symbolic link loop: it cannot be written either
-        raise MVFormerError(f"{a}: cannot be resolved (symbolic link loop?)") from None
+        return path.resolve()
+    except RuntimeError:  # Python < 3.13 reports a symbolic link loop so (later ones raise OSError, also one line)
+        raise MVFormerError(f"{path}: cannot be resolved (symbolic link loop)") from None
 
 
 def check_not_input(path: str | Path, inputs: Sequence[str | Path]) -> None:
-    """Refuse an output that is one of the inputs, or lies inside an input folder (whatever `overwrite` says): a
-    command must never change what it reads."""
+    """Refuse an output that is one of the inputs (symbolic and hard links included), or lies inside an input
+    folder, whatever `overwrite` says: a command must never change what it reads."""
     path = Path(path)
+    target = _resolved(path)
     for source in map(Path, inputs):
-        if _same_file(path, source):
+        if target == _resolved(source) or (path.exists() and source.exists() and os.path.samefile(path, source)):
             raise MVFormerError(f"{path}: is one of the inputs; write the output somewhere else")
-        if source.is_dir() and path.resolve().is_relative_to(source.resolve()):
+        if source.is_dir() and target.is_relative_to(_resolved(source)):
             raise MVFormerError(f"{path}: lies inside the input folder {source}; write the output somewhere else")
 
 

@@ -22,6 +22,7 @@ from mvformer.errors import MVFormerError  # noqa: E402
 COLOURS = np.rint(np.array(plt.get_cmap("tab10").colors) * 255).astype(np.uint8)
 BAR_BACKGROUND = np.array([40, 40, 40], dtype=np.uint8)
 ANIMATION_SUFFIXES = (".mp4", ".gif")
+FRAME_RATES = (0.1, 1000.0)  # frames per second an animation may play at (a GIF frame lasts 1 ms to 10 s)
 
 
 def plot_training_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
@@ -84,7 +85,7 @@ def letterbox(frames: np.ndarray, width: int) -> np.ndarray:
 
 def draw_progress_bars(frames: np.ndarray, fractions: np.ndarray, colour: np.ndarray) -> np.ndarray:
     """A copy of frames (T, H, W, 3) with a bar along the bottom filled to fractions (T,) in [0, 1]."""
-    num_frames, height, width, _ = frames.shape
+    _, height, width, _ = frames.shape
     thickness = max(2, height // 24)
     filled = np.arange(width)[None, :] < np.rint(np.clip(fractions, 0, 1)[:, None] * width)  # (T, W)
     bars = np.where(filled[..., None], colour, BAR_BACKGROUND)  # (T, W, 3)
@@ -120,9 +121,17 @@ def overlay_attention(images: np.ndarray, maps: np.ndarray, strength: float = 0.
     return np.rint(blended).astype(np.uint8)
 
 
+def check_frame_rate(fps: float, what: str = "frame rate") -> None:
+    """An animation's frames per second must be a number in FRAME_RATES; `what` names its source in the error."""
+    low, high = FRAME_RATES
+    if not low <= fps <= high:  # NaN fails too
+        raise MVFormerError(f"{what} {fps}: an animation plays at {low:g} to {high:g} frames per second")
+
+
 def save_animation(frames: np.ndarray, path: Path, fps: float) -> None:
     """uint8 (T, H, W, 3) as an H.264 .mp4 (even sizes) or an endlessly looping .gif (through Pillow)."""
     path = Path(path)
+    check_frame_rate(fps, f"{path}: frame rate")
     if path.suffix.lower() == ".mp4":
         write_video(path, frames, fps)
         return

@@ -10,18 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from mvformer import viz
+from mvformer import files, viz
 from mvformer.apps import align, attention, embed, pictures, progress, retrieve
 from mvformer.apps import videos as videos_module
-from mvformer.evaluation import alignment
+from mvformer.checkpoint import CHECKPOINT_VERSION, model_from_checkpoint, save_checkpoint
 from mvformer.cli import main
 from mvformer.config import load_config
 from mvformer.data.synthetic import generate_pouring_dataset, phase_names
 from mvformer.data.video import read_video, write_video
 from mvformer.errors import MVFormerError
-
+from mvformer.evaluation import alignment
 from mvformer.model.mvformer import build_model
-from mvformer.checkpoint import CHECKPOINT_VERSION, model_from_checkpoint, save_checkpoint
 
 
 def write_checkpoint(path, root, *overrides, version=CHECKPOINT_VERSION):
@@ -135,6 +134,66 @@ def test_checkpoint_of_another_version_or_model_is_refused(root, videos, tmp_pat
     assert not (tmp_path / "e").exists() and not (tmp_path / "a").exists()
 
 
+def test_embed_and_align_take_names_with_glob_characters(checkpoint, videos, tmp_path):
+    """`clip[1].mp4` is a file name, not a pattern."""
+    clip = tmp_path / "in" / "clip[1].mp4"
+    clip.parent.mkdir()
+    clip.write_bytes(videos[0].read_bytes())
+    (written,) = embed.embed_videos(checkpoint, [clip], tmp_path / "embs")
+    assert written.name == "clip[1].npy" and np.load(written).shape == (len(read_video(clip)), 32)
+    assert embed.embed_videos(checkpoint, [clip.parent], tmp_path / "folder") == [tmp_path / "folder" / "clip[1].npy"]
+    align.align_videos(checkpoint, clip, [videos[1]], tmp_path / "a[0].gif", height=32)
+    assert {row[0] for row in read_csv(tmp_path / "a[0]_path.csv")[1:]} == {videos[1].stem}
+
+
+def test_a_folder_of_videos_with_a_picture_in_it_is_still_a_folder_of_videos(videos, tmp_path):
+    for video in videos[:2]:
+        (tmp_path / video.name).write_bytes(video.read_bytes())
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "sheet.png")
+    assert videos_module.list_videos([tmp_path]) == [tmp_path / v.name for v in videos[:2]]
+
+
+def test_non_finite_embeddings_are_never_returned(checkpoint, videos):
+    """Weights the checkpoint check does not cover (the frozen backbone's) can still make NaN embeddings."""
+    model = model_from_checkpoint(checkpoint)
+    next(model.backbone.buffers()).fill_(float("nan"))  # the demo's pixel backbone: a fixed position code
+    with pytest.raises(MVFormerError, match="NaN or Inf embeddings"):
+        videos_module.embed_video_file(model, videos[0], torch.device("cpu"))
+
+
+# --- outputs ---------------------------------------------------------------------------------------------------
+
+
+def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
+    earlier = tmp_path / "a.txt"
+    earlier.write_text("earlier")
+    targets = [earlier, tmp_path / "new" / "deeper" / "b.txt"]
+    with pytest.raises(RuntimeError), files.atomic_paths(targets) as temporaries:
+        for temporary in temporaries:
+            temporary.write_text("half")
+        raise RuntimeError("the second output failed")
+    assert earlier.read_text() == "earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    with files.atomic_paths(targets) as temporaries:
+        for temporary, text in zip(temporaries, ("one", "two")):
+            temporary.write_text(text)
+    assert [p.read_text() for p in targets] == ["one", "two"]
+    assert sorted(p.name for p in targets[1].parent.iterdir()) == ["b.txt"]  # no temporaries left
+
+
+def test_an_output_is_never_an_input_whatever_its_name(tmp_path):
+    video = tmp_path / "in" / "clip.mp4"
+    video.parent.mkdir()
+    video.write_bytes(b"frames")
+    (tmp_path / "link.mp4").symlink_to(video)
+    (tmp_path / "hard.mp4").hardlink_to(video)
+    for alias in (video, tmp_path / "link.mp4", tmp_path / "hard.mp4", tmp_path / "in" / ".." / "in" / "clip.mp4"):
+        with pytest.raises(MVFormerError, match="is one of the inputs"):
+            files.check_outputs([alias], overwrite=True, inputs=[video])
+    with pytest.raises(MVFormerError, match="inside the input folder"):
+        files.check_outputs([tmp_path / "in" / "sub" / "x.png"], overwrite=True, inputs=[video.parent])
+    files.check_outputs([tmp_path / "x.png", tmp_path / "in.png"], overwrite=False, inputs=[video, video.parent])
+
+
 # --- align -----------------------------------------------------------------------------------------------------
 
 
@@ -193,9 +252,9 @@ def test_align_grid_of_videos_of_other_sizes_and_frame_rates(checkpoint, videos,
     frames = gif_frames(out)
     assert frames.shape == (length, 128, 212, 3)  # 2 x 2 cells, each 64 high and as wide as the widest (106)
     assert np.abs(frames[:, 64:, 106:].astype(int)).max() < 8  # the fourth cell is empty
-    for alignment in alignments:
-        assert tuple(alignment.path[0]) == (0, 0)
-        assert tuple(alignment.path[-1]) == (length - 1, alignment.costs.shape[1] - 1)
+    for aligned in alignments:
+        assert tuple(aligned.path[0]) == (0, 0)
+        assert tuple(aligned.path[-1]) == (length - 1, aligned.costs.shape[1] - 1)
     # progress bars: the reference's is empty on its first frame and full on its last
     bar_row = frames[:, 63, :106].astype(int)  # (T, 106, 3), the bottom row of the reference cell
     colour = viz.COLOURS[0].astype(int)

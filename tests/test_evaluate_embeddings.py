@@ -8,8 +8,8 @@ import pytest
 
 from mvformer.cli import build_parser, main
 from mvformer.config import load_config
-from mvformer.evaluation.embeddings_io import score_files
 from mvformer.evaluation import metrics
+from mvformer.evaluation.embeddings_io import score_files
 from mvformer.evaluation.metrics import CLASSIFIERS, TASKS, classification_accuracy, evaluate_embeddings
 from mvformer.evaluation.probes import predict_classes, train_sgd_linear_probe
 
@@ -266,3 +266,26 @@ def test_sgd_linear_classifier_from_the_cli_and_the_finegym_configs(tmp_path, ca
     assert json.loads(out.read_text())["datasets"]["gym"] == expected
     assert load_config("finegym99").eval.classifier == load_config("finegym288").eval.classifier == "sgd-linear"
     assert load_config("penn_action").eval.classifier == "logistic"
+
+
+def test_json_is_replaced_only_with_overwrite(tmp_path, capsys):
+    path = write_npz(tmp_path / "pour.npz", make_dataset(17))
+    out = tmp_path / "scores.json"
+    args = ["evaluate-embeddings", str(path), "--tasks", "kendalls_tau", "--json", str(out)]
+    assert run(args, capsys)[0] == 0
+    first = out.read_text()
+    out.write_text("an earlier result")
+    status, stdout, err = run(args, capsys)
+    assert status == 2 and stdout == "" and "already exists" in err and out.read_text() == "an earlier result"
+    assert run([*args, "--overwrite"], capsys)[0] == 0
+    assert out.read_text() == first and json.loads(first)["datasets"]["pour"]["kendalls_tau"] is not None
+
+
+def test_an_unlabelled_video_after_the_first_needs_no_phase(tmp_path):
+    """The progression check skips videos without labelled frames, as the metric does."""
+    train_embs, train_labels, val_embs, val_labels = make_dataset(18)
+    train_labels[3] = np.full_like(train_labels[3], -1)
+    path = write_npz(tmp_path / "a.npz", (train_embs, train_labels, val_embs, val_labels))
+    result = score_files([path], tasks=("progression",), fractions=(1.0,))
+    expected = metrics.phase_progression(train_embs, train_labels, val_embs, val_labels, NUM_CLASSES, (1.0,))
+    assert result["datasets"]["a"]["progression"]["1.0"] == pytest.approx(expected[1.0], abs=1e-12)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from mvformer.model.backbone import build_backbone
 from mvformer.cli import main
 from mvformer.config import load_config
 from mvformer.data.datasets import VideoDataset
@@ -19,10 +19,11 @@ from mvformer.data.sampling import sample_views
 from mvformer.data.video import write_video
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.embed import embed_split
-from mvformer.train.clips import CachedTrainingClips
 from mvformer.features.build import cache_features, copy_frames
-from mvformer.features.cache import load_feature_cache, open_feature_cache
+from mvformer.features.cache import backbone_fingerprint, load_feature_cache, open_feature_cache, video_fingerprint
+from mvformer.model.backbone import build_backbone
 from mvformer.model.mvformer import build_model
+from mvformer.train.clips import CachedTrainingClips
 
 IMAGE_SIZE = 32
 FRAME_COUNTS = {"train": [5, 7, 4, 6], "val": [5, 6]}
@@ -248,14 +249,76 @@ def test_a_cache_that_disagrees_with_the_config_is_not_used_and_says_why(data_ro
     write_video(root / "videos" / "train_1.mp4", np.zeros((5, 48, 64, 3), dtype=np.uint8))
     notes.clear()
     assert open_feature_cache(config, note=notes.append) is None
-    assert notes[0].endswith("not used: video train_1 changed since it was cached")
+    assert notes[0].endswith("not used: the files (size or modification time) of video train_1 changed since it was "
+                             "cached")
     dataset = VideoDataset(root, "train", size=IMAGE_SIZE)
     notes.clear()
     assert open_feature_cache(config, datasets={"train": dataset}, note=notes.append) is None
-    assert "the train videos (names, files or frame counts) differ from those cached" in notes[0]
+    assert notes[0].endswith("not used: the files (size or modification time) of video train_1 changed since split "
+                             "train was cached")
     cache_features(config, note=notes.append)  # the stale split is cached again
-    assert any("changed since they were cached" in line for line in notes)
+    assert any(line.endswith("of video train_1 changed since split train was cached; caching that split again")
+               for line in notes)
     assert open_feature_cache(config, datasets={"train": dataset}, note=notes.append) is not None
+
+
+def test_fingerprints_are_size_and_modification_time_of_every_file(tmp_path):
+    """Same-size rewrites are noticed through the modification time, for video files, each image of a frame
+    folder, and backbone weights (a fine-tuned model of the same architecture has exactly the same size)."""
+    def touch(path: Path, bump: int) -> None:
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + bump))
+
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"0123456789")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for number in (1, 2, 3):
+        (folder / f"{number:06d}.jpg").write_bytes(b"jpeg")
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"tensors")
+    fingerprints = {video: lambda: video_fingerprint(video), folder / "000002.jpg": lambda: video_fingerprint(folder),
+                    weights: lambda: backbone_fingerprint(str(weights))}
+    for changed, fingerprint in fingerprints.items():
+        before = fingerprint()
+        assert fingerprint() == before  # stable while nothing changes
+        touch(changed, 1000)  # same bytes, same size, later modification time
+        assert fingerprint() != before, changed
+    size, mtime_ns = video.stat().st_size, video.stat().st_mtime_ns
+    assert video_fingerprint(video) == f"{size} bytes, mtime_ns {mtime_ns}"
+    assert video_fingerprint(folder).startswith("3 images, ") and video_fingerprint(tmp_path / "gone") is None
+    assert backbone_fingerprint(str(weights)) == {"weights.pth": [7, weights.stat().st_mtime_ns]}
+    assert backbone_fingerprint(None) is None
+
+
+def test_replacing_every_image_of_a_frame_folder_invalidates_the_cache(tmp_path):
+    """Same count, same names, new pictures: the cache must not serve the old tokens, and the note says why."""
+    root = tmp_path / "data"
+    blocks = np.random.default_rng(0).integers(0, 256, (6, 6, 8, 3), dtype=np.uint8)
+    images = np.kron(blocks, np.ones((1, 8, 8, 1), dtype=np.uint8))  # (6, 48, 64, 3)
+    for number, image in enumerate(images, start=1):
+        (root / "videos" / "clip").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "videos" / "clip" / f"{number:06d}.png")
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("clip\n")
+    config = make_config(root, f"data.feature_cache={tmp_path / 'cache'}")
+    folder = cache_features(config, note=lambda line: None)
+    notes = []
+    assert open_feature_cache(config, note=notes.append) is not None
+
+    for number, image in enumerate(images, start=1):
+        path = root / "videos" / "clip" / f"{number:06d}.png"
+        Image.fromarray(255 - image).save(path)
+        stat = path.stat()  # a different modification time even on a coarse-clock file system
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    notes.clear()
+    assert open_feature_cache(config, note=notes.append) is None
+    why = "the files (size or modification time) of video clip changed since it was cached"
+    assert notes == [f"feature cache at {folder} not used: {why}"]
+    dataset = VideoDataset(root, "train", size=IMAGE_SIZE)
+    notes.clear()
+    assert open_feature_cache(config, datasets={"train": dataset}, note=notes.append) is None
+    assert notes[0].endswith("of video clip changed since split train was cached")
 
 
 def test_refuses_to_start_when_the_disk_cannot_hold_the_cache(data_root, tmp_path, monkeypatch):
@@ -305,6 +368,6 @@ def test_cache_features_command(data_root, tmp_path, capsys):
     assert "1 augmented train copies), 58.4 KiB to write" in err and "feature cache complete" in err
     assert load_feature_cache(tmp_path / "cache").num_copies == 1
     assert main(["cache-features", str(config_file), "--copies", "-1"]) == 2
-    assert capsys.readouterr().err == "mvformer: error: --copies must be >= 0, got -1\n"
+    assert capsys.readouterr().err == "mvformer: error: --copies must be in [0, 1000], got -1\n"
     assert main(["cache-features", str(config_file), "--set", "data.augment.enabled=false", "--copies", "2"]) == 2
     assert "need data.augment.enabled" in capsys.readouterr().err

@@ -16,12 +16,11 @@ import torch
 from PIL import Image
 
 from mvformer.cli import main
-from mvformer.data.formats import penn_action
-from mvformer.data.formats import prepare as prepare_module
 from mvformer.data.datasets import VideoDataset
+from mvformer.data.formats import open_dataset, penn_action, penn_action_actions
+from mvformer.data.formats import prepare as prepare_module
 from mvformer.data.formats.prepare import MANIFEST, prepare
 from mvformer.data.formats.records import load_pickle
-from mvformer.data.formats import open_dataset, penn_action_actions
 from mvformer.data.video import read_video, write_video
 from mvformer.errors import MVFormerError
 

@@ -4,6 +4,7 @@ checks the metrics table, that every video decodes and shows a picture, that see
 video to the frame its alignment path names, and saves a screenshot. Skipped only where no Chromium is installed."""
 
 import base64
+import html
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from mvformer.config import load_config
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.synthetic import generate_pouring_dataset
 from mvformer.evaluation.alignment import align
-from mvformer.evaluation.time_only import time_only_metrics
+from mvformer.evaluation.time_only import no_gain_line, time_only_files, time_only_metrics
 from mvformer.train.loop import train
 
 CHROMIUM_BINARIES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser", "google-chrome")
@@ -96,9 +97,62 @@ def test_report_folder_holds_the_page_its_data_and_browser_ready_videos(built):
                                            model.config.data.clip_len, fractions=model.config.eval.fractions,
                                            ks=model.config.eval.ks)
     assert data["metrics"]["time_only"] == expected_time_only
+    verdict = no_gain_line(model_row, expected_time_only)  # three epochs on four videos: time alone scores higher
+    assert verdict is not None and html.escape(verdict) in page
     for asset in ("report.css", "report.js", "training_curves.png", "retrieval.png", "attention/attention.mp4",
                   "attention/attention_strip.png"):
         assert (out / asset).stat().st_size > 0, asset
+
+
+def test_the_model_row_comes_from_the_evaluation_folder_when_there_is_one(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    assert main(["evaluate", str(run), "--no-progress"]) == 0
+    evaluation = json.loads((run / "eval" / "metrics.json").read_text())
+    model = load_model(run, "cpu")[0]
+    metrics = report.run_metrics(run, model.config)
+    assert metrics["model"] == evaluation["mean"] and "eval/metrics.json, mean over 1 dataset" in metrics["source"]
+    files = [run / "eval" / f"{name}.npz" for name in evaluation["datasets"]]
+    config = model.config
+    expected = time_only_files(files, config.model.hidden_size, config.data.clip_len, fractions=config.eval.fractions,
+                               ks=config.eval.ks)
+    assert metrics["time_only"] == expected["mean"]
+
+
+def one_line_failure(args, capsys, *fragments):
+    status = main([*args, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1 and err.startswith("mvformer: error: "), err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_a_page_without_log_evaluation_or_attention_and_one_line_errors(trained_run, tmp_path, capsys):
+    _, root = trained_run
+    config = load_config("demo", [f"data.root={root}", "data.clip_len=16", "model.pooling=cls", "model.num_tokens=1",
+                                  "train.epochs=1", "train.batch_size=2", f"train.output_dir={tmp_path / 'cls'}",
+                                  "train.eval_every=1000"])
+    run = train(config).run_dir
+    (run / "metrics.jsonl").unlink()
+    out = tmp_path / "page"
+    index = report.build_report(run, out, device="cpu", frame=0)  # the run's first validation videos
+    page = index.read_text()
+    assert "no evaluation found" in page and "No training log" in page and "no spatial attention" in page
+    assert "<table" not in page and not (out / "attention").exists()
+    data = json.loads((out / "report.json").read_text())
+    assert [v["name"] for v in data["videos"]] == [r.name for r in VideoDataset(root, "val").records]
+    assert data["metrics"]["model"] is None and data["retrieval_frame"] == 0
+
+    one_line_failure(["report", str(run), "--out", str(out)], capsys, "already exists", "--overwrite")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    one_line_failure(["report", str(run), "--out", str(mine), "--overwrite"], capsys, "not an earlier output")
+    video = str(root / "videos" / "pour_004.mp4")
+    fresh = tmp_path / "fresh"
+    one_line_failure(["report", str(run), "--videos", video, "--out", str(fresh)], capsys, "at least two videos")
+    one_line_failure(["report", str(run), "--videos", video, video, "--out", str(fresh), "--frame", "999"], capsys,
+                     "frame 999 out of range")
+    assert not fresh.exists() and not list(tmp_path.glob(".fresh.*"))
 
 
 class WebDriver:

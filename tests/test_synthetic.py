@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bad_inputs import snapshot
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
+from mvformer.data import synthetic
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.synthetic import generate_pouring_dataset, phase_names
 from mvformer.data.video import read_video
@@ -128,3 +130,34 @@ def test_raw_pixels_beat_relative_time(splits):
 def test_bad_arguments_raise(tmp_path, kwargs):
     with pytest.raises(MVFormerError, match="pouring dataset"):
         generate_pouring_dataset(tmp_path, **kwargs)
+
+
+def test_an_existing_dataset_is_replaced_only_with_overwrite_and_whole(tmp_path, monkeypatch):
+    """Without overwrite a non-empty folder is refused; with it the new dataset is built beside the old one and
+    swapped in at the end, so a failure half-way leaves the old dataset exactly as it was and no temporary folder."""
+    small = {"num_val": 1, "size": 16, "min_frames": 12, "max_frames": 12}
+    root = generate_pouring_dataset(tmp_path / "data", num_train=1, **small)
+    before = snapshot([root])
+    with pytest.raises(MVFormerError, match="data: already exists and is not empty; pass --overwrite"):
+        generate_pouring_dataset(root, num_train=2, **small)
+
+    written = []
+
+    def write_then_fail(path, frames, fps):
+        if written:
+            raise MVFormerError(f"{path}: disk on fire")
+        written.append(path)
+
+    monkeypatch.setattr(synthetic, "write_video", write_then_fail)
+    with pytest.raises(MVFormerError, match="disk on fire"):
+        generate_pouring_dataset(root, num_train=3, overwrite=True, **small)
+    assert snapshot([root]) == before and [path.name for path in tmp_path.iterdir()] == ["data"]
+    assert written and written[0].parent.parent != root  # the new videos went to a temporary folder
+
+    monkeypatch.undo()
+    generate_pouring_dataset(root, num_train=2, overwrite=True, **small)
+    assert (root / "splits" / "train.txt").read_text() == "pour_000\npour_001\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["data"]
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(MVFormerError, match="holds notes.txt, which is not part of a dataset"):
+        generate_pouring_dataset(root, num_train=1, overwrite=True, **small)

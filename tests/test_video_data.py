@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mvformer.data.datasets import VideoDataset, VideoRecord
+from mvformer.checkpoint import read_metrics
 from mvformer.config import load_config
+from mvformer.data.datasets import VideoDataset, VideoRecord, check_scorable_pair, inside_root, relative_inside
 from mvformer.data.video import count_frames, index_video, read_video, write_video
 from mvformer.errors import MVFormerError
-from mvformer.checkpoint import read_metrics
 from mvformer.train.loop import train
 
 PUSHUPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pushups"
@@ -131,6 +131,17 @@ def test_frame_folder_gap_names_folder_and_missing_number(tmp_path):
     for decode in (read_video, count_frames):
         with pytest.raises(MVFormerError, match=r"gappy.*frame 3 is missing"):
             decode(folder)
+
+
+def test_image_names_are_taken_literally_not_as_ffmpeg_patterns(tmp_path):
+    """FFmpeg's image2 demuxer reads "p%d.jpg" as the sequence p1.jpg, p2.jpg, ... and "[...]" as a glob: the file
+    asked for must be the file read, whatever its name."""
+    shades = {"p%d.jpg": 100, "p1.jpg": 200, "p2.jpg": 30, "q[12].png": 160, "q1.png": 60, "r*.jpg": 220}
+    for name, shade in shades.items():
+        Image.fromarray(np.full((16, 16, 3), shade, dtype=np.uint8)).save(tmp_path / name, quality=100)
+    for name, shade in shades.items():
+        decoded = read_video(tmp_path / name)
+        assert decoded.shape == (1, 16, 16, 3) and abs(decoded.mean() - shade) < 2, name
 
 
 # --- dataset layout -------------------------------------------------------------------------------------------
@@ -256,6 +267,94 @@ def test_layout_problems_name_the_file(dataset_root, break_layout, message):
     root = break_layout(dataset_root)
     with pytest.raises(MVFormerError, match=message):
         VideoDataset(root, "train")
+
+
+def test_brackets_in_a_video_name_are_not_a_glob(dataset_root):
+    """videos/clip[1].mp4 is found for the name clip[1] (a glob would have matched clip1.mp4 and nothing else)."""
+    shutil.move(dataset_root / "videos" / "gamma.mp4", dataset_root / "videos" / "clip[1].mp4")
+    write_video(dataset_root / "videos" / "clip1.mp4", smooth_frames(3))
+    shutil.move(dataset_root / "labels" / "gamma.csv", dataset_root / "labels" / "clip[1].csv")
+    (dataset_root / "splits" / "val.txt").write_text("clip[1]\n")
+    record = VideoDataset(dataset_root, "val").records[0]
+    assert (record.name, record.path.name, record.num_frames) == ("clip[1]", "clip[1].mp4", 8)
+
+
+def test_paths_must_resolve_inside_the_root(dataset_root, tmp_path):
+    """Lexical and resolved containment: a symlinked root and links that stay inside are fine; '..', absolute
+    paths, links that leave the root and link loops are refused, each naming the source and the path."""
+    outside = tmp_path / "outside.mp4"
+    shutil.copyfile(dataset_root / "videos" / "alpha.mp4", outside)
+    assert relative_inside(dataset_root, "videos/alpha.mp4", "src", "video_file") == dataset_root / "videos/alpha.mp4"
+    for relative, problem in (("../outside.mp4", "'..' climbs out"), (str(outside), "it is absolute"),
+                              ("", "it is empty"), (7, "it is a int")):
+        with pytest.raises(MVFormerError, match=rf"^src: video_file .* must be a path relative .*\({problem}"):
+            relative_inside(dataset_root, relative, "src", "video_file")
+
+    (dataset_root / "videos" / "inside.mp4").symlink_to(dataset_root / "videos" / "alpha.mp4")
+    (dataset_root / "videos" / "escape.mp4").symlink_to(outside)
+    (dataset_root / "videos" / "loop.mp4").symlink_to(dataset_root / "videos" / "loop.mp4")
+    assert inside_root(dataset_root, dataset_root / "videos" / "inside.mp4", "src").name == "inside.mp4"
+    with pytest.raises(MVFormerError, match=rf"^src: videos/escape.mp4 resolves to {outside}, outside the dataset"):
+        relative_inside(dataset_root, "videos/escape.mp4", "src", "video_file")
+    with pytest.raises(MVFormerError, match=r"^src: videos/loop.mp4 cannot be resolved"):
+        inside_root(dataset_root, dataset_root / "videos" / "loop.mp4", "src")
+
+    linked_root = tmp_path / "linked"
+    linked_root.symlink_to(dataset_root)
+    (dataset_root / "splits" / "val.txt").write_text("inside\n")
+    write_labels(dataset_root / "labels" / "inside.csv", ["up"] * 10)
+    assert VideoDataset(linked_root, "val").records[0].num_frames == 10
+    (dataset_root / "splits" / "val.txt").write_text("escape\n")
+    with pytest.raises(MVFormerError, match=r"splits/val.txt line 1: videos/escape.mp4 resolves to .*outside"):
+        VideoDataset(linked_root, "val")
+
+
+def labelled_root(root: Path, labels: dict[str, dict[str, list]]) -> Path:
+    """Overwrite labels (split -> name -> labels) of the dataset_root videos and point the splits at them."""
+    for split, videos in labels.items():
+        (root / "splits" / f"{split}.txt").write_text("".join(f"{name}\n" for name in videos))
+        for name, video_labels in videos.items():
+            write_labels(root / "labels" / f"{name}.csv", video_labels)
+    return root
+
+
+SCORABLE = {"train": {"alpha": ["up"] * 4 + ["down"] * 6, "beta": [0, 0, -1, 1, 1, 1]}, "val": {"gamma": [0] * 8}}
+
+
+@pytest.mark.parametrize(
+    ("change", "leading_videos", "message"),
+    [
+        ({}, 1, None),
+        ({"val": {"gamma": [-1] * 8}}, 1, r"data: no labelled frame in split val \(every label is -1\)"),
+        ({"train": {"alpha": [-1] * 10, "beta": [0, 0, -1, 1, 1, 1]}}, 1,
+         r"split train: no labelled frame in its first 1 videos"),
+        ({"train": {"alpha": [-1] * 10, "beta": [0, 0, -1, 1, 1, 1]}}, 2, None),
+        ({"train": {"alpha": ["down"] * 10, "beta": [0, 0, -1, 1, 1, 1]}}, 1,
+         r"split train: video 'alpha' has no frame of phase 0; phase progression needs .* \(0..0\)"),
+    ],
+)
+def test_check_scorable_refuses_before_the_long_work(dataset_root, change, leading_videos, message):
+    root = labelled_root(dataset_root, {**SCORABLE, **change})
+    train_set, val_set = VideoDataset(root, "train"), VideoDataset(root, "val")
+    if message is None:
+        check_scorable_pair(train_set, val_set, leading_videos)
+    else:
+        with pytest.raises(MVFormerError, match=message):
+            check_scorable_pair(train_set, val_set, leading_videos)
+    if message is not None and "progression" in message:
+        check_scorable_pair(train_set, val_set, leading_videos, progression=False)  # not scored: no need
+
+
+def test_check_scorable_without_labels_or_with_classes_train_does_not_know(dataset_root):
+    (dataset_root / "classes.txt").unlink()
+    root = labelled_root(dataset_root, {"train": {"alpha": [0] * 4 + [1] * 6, "beta": [0, 0, 1, 1, 1, 1]},
+                                        "val": {"gamma": [0, 0, 1, 1, 2, 2, 2, 2]}})
+    train_set, val_set = VideoDataset(root, "train"), VideoDataset(root, "val")
+    with pytest.raises(MVFormerError, match=r"split val has label 2 but split train knows 2 classes \(0..1\)"):
+        check_scorable_pair(train_set, val_set)
+    shutil.rmtree(root / "labels")
+    with pytest.raises(MVFormerError, match=r"split val has no frame labels for video 'gamma'"):
+        VideoDataset(root, "val").check_scorable()
 
 
 def pushups_subset(root: Path, counts: dict[str, int]) -> Path:

@@ -67,8 +67,8 @@ def align_videos(checkpoint: str | Path, reference: str | Path, videos: Sequence
     reference, others = Path(reference), [Path(v) for v in videos]
     check_outputs(outputs, overwrite, [*model_inputs(checkpoint), reference, *others])
     check_videos([reference, *others])
-    rate = fps or video_fps(reference) or DEFAULT_FPS
-    viz.check_frame_rate(rate, "--fps" if fps else f"{reference}: its frame rate")
+    rate = fps if fps is not None else video_fps(reference) or DEFAULT_FPS
+    viz.check_frame_rate(rate, "fps" if fps is not None else f"{reference}: its frame rate")
     model, torch_device = load_app_model(checkpoint, device)
     anchor = embed_video_file(model, reference, torch_device, frames)
     alignments = []

@@ -13,13 +13,18 @@ from mvformer.apps.videos import (
     _check_length,
     _decode_size,
     _progress_frames,
+    check_display_height,
+    check_videos,
+    load_app_model,
+    model_inputs,
     video_fps,
 )
-from mvformer.checkpoint import load_model
 from mvformer.data.transforms import augment_views, normalize
 from mvformer.errors import MVFormerError
-from mvformer.files import atomic_path, check_outputs
+from mvformer.files import atomic_paths, check_output_folder, check_outputs
 from mvformer.model.pooling import SpatialTokenPooling
+
+MAX_STRIP_FRAMES = 64  # columns of the strip picture
 
 
 def attention_outputs(out_dir: Path, animation: str) -> tuple[Path, Path, Path]:
@@ -38,11 +43,20 @@ def attention_video(checkpoint: str | Path, video: str | Path, out_dir: str | Pa
     frames, one row per token) and OUT/attention.gif|.mp4 (the frame and each token's overlay side by side, every
     `every`-th frame). Returns the maps. Only LSTP models have spatial attention."""
     out_dir, video = Path(out_dir), Path(video)
-    if every < 1 or strip_frames < 1:
-        raise MVFormerError(f"every = {every}, strip frames = {strip_frames}: both must be at least 1")
+    if not 1 <= strip_frames <= MAX_STRIP_FRAMES:
+        raise MVFormerError(f"strip frames = {strip_frames}: must be from 1 to {MAX_STRIP_FRAMES}")
+    check_display_height(display_size)
     outputs = attention_outputs(out_dir, animation)
-    check_outputs(outputs, overwrite)
-    model, torch_device = load_model(checkpoint, device)
+    inputs = [*model_inputs(checkpoint), video]
+    check_output_folder(out_dir, inputs)
+    check_outputs(outputs, overwrite, inputs)
+    (num_frames,) = check_videos([video])
+    if not 1 <= every < num_frames:
+        raise MVFormerError(f"every = {every}: must be from 1 to {num_frames - 1}, since {video} has {num_frames} "
+                            f"frames and the animation shows at least two")
+    rate = (video_fps(video) or DEFAULT_FPS) / every
+    viz.check_frame_rate(rate, f"every = {every}: the animation's frame rate")
+    model, torch_device = load_app_model(checkpoint, device)
     pooling = model.head.pooling
     if not isinstance(pooling, SpatialTokenPooling):
         raise MVFormerError(f"{checkpoint}: model.pooling is {model.config.model.pooling!r}, which has no spatial "
@@ -66,15 +80,12 @@ def attention_video(checkpoint: str | Path, video: str | Path, out_dir: str | Pa
     all_maps = np.concatenate(maps)  # (L, N, gh, gw)
     images, overlays = np.concatenate(images), np.concatenate(overlays)  # (K, S', S', 3), (K, N, S', S', 3)
 
-    npy_path, strip_path, animation_path = outputs
-    with atomic_path(npy_path) as temporary:
-        np.save(temporary, all_maps)
     picked = np.unique(np.linspace(0, len(images) - 1, min(strip_frames, len(images))).round().astype(int))
-    with atomic_path(strip_path) as temporary:
-        viz.plot_attention_strip(images[picked], overlays[picked], [frame_numbers[i] for i in picked], temporary)
     rows = np.concatenate([images[:, None], overlays], axis=1)  # (K, N + 1, S', S', 3)
     count, panels = rows.shape[:2]
     strip = rows.transpose(0, 2, 1, 3, 4).reshape(count, shown_size, panels * shown_size, 3)  # panels left to right
-    with atomic_path(animation_path) as temporary:
-        viz.save_animation(np.ascontiguousarray(strip), temporary, (video_fps(video) or DEFAULT_FPS) / every)
+    with atomic_paths(outputs) as (npy_path, strip_path, animation_path):
+        np.save(npy_path, all_maps)
+        viz.plot_attention_strip(images[picked], overlays[picked], [frame_numbers[i] for i in picked], strip_path)
+        viz.save_animation(np.ascontiguousarray(strip), animation_path, rate)
     return all_maps

@@ -8,14 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvformer.apps.videos import (
-    check_videos,
-    embed_video_file,
-    list_videos,
-    load_app_model,
-    model_inputs,
-    output_name,
-)
+from mvformer.apps.videos import check_videos, embed_video_file, list_videos, load_app_model, model_inputs, output_name
 from mvformer.errors import MVFormerError
 from mvformer.files import atomic_paths, check_output_folder, check_outputs
 from mvformer.progress import progress_bar

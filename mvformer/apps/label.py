@@ -36,6 +36,7 @@ from mvformer.data.datasets import VideoDataset, _read_classes, _read_video_labe
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.alignment import check_method
 from mvformer.evaluation.spread import embedding_spread, warning_line
+from mvformer.evaluation.time_only import TIME_ONLY_MARGIN
 from mvformer.evaluation.transfer import (
     Transfer,
     check_references,
@@ -194,7 +195,7 @@ def label_videos(checkpoint: str | Path, reference: str | Path, videos: Sequence
     spread = embedding_spread(reference_embs + target_embs)
     warning = warning_line(spread)
     if warning:
-        note(f"{warning}; DTW then pairs frames by position alone, so expect no better than relative time")
+        note(f"{warning}; labels carried along their alignment cannot follow the content")
     scores = _scores(labelled, baselines, dataset) if score else None
     _write(out, labelled, dataset, method, references, spread.to_dict(), scores)
     if scores is not None:
@@ -231,6 +232,10 @@ def format_scores(scores: dict) -> str:
         rows.append([title, accuracy, *(_boundary_cell(result["boundary_error"][p]) for p in phases)])
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    accuracies = [scores[key]["frame_accuracy"] for key in ("transfer", "relative_time")]
+    if None not in accuracies and accuracies[0] - accuracies[1] < TIME_ONLY_MARGIN:
+        lines.append(f"warning: alignment gains {accuracies[0] - accuracies[1]:+.4f} frame accuracy over relative time "
+                     f"alone: the embeddings pair frames by position more than by content")
     return (f"{scores['videos']} videos, {scores['labelled_frames']} hand-labelled frames; boundary error: mean "
             f"distance to the nearest transferred boundary into that phase\n" + "\n".join(lines))
 

@@ -45,9 +45,9 @@ from mvformer.data.formats import open_dataset
 from mvformer.data.video import frame_chunks
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.alignment import align, cost_matrix
-from mvformer.evaluation.embeddings_io import COLUMN_PREFIXES, load_embeddings
+from mvformer.evaluation.embeddings_io import COLUMN_PREFIXES
 from mvformer.evaluation.spread import embedding_spread, unreliable_metrics, warning_line
-from mvformer.evaluation.time_only import TIME_ONLY_LABEL, time_only_metrics
+from mvformer.evaluation.time_only import TIME_ONLY_LABEL, no_gain_line, time_only_files, time_only_metrics
 from mvformer.model.pooling import SpatialTokenPooling
 from mvformer.progress import progress_bar
 
@@ -97,19 +97,6 @@ def default_videos(config: Config, count: int) -> list[Path]:
     return [record.path for record in dataset.records[:count]]
 
 
-def _mean(values: list):
-    """Mean over datasets of a float, or of each entry of a dict of floats; None where any is None."""
-    if isinstance(values[0], dict):
-        return {key: _mean([value[key] for value in values]) for key in values[0]}
-    return None if any(value is None for value in values) else float(np.mean(values))
-
-
-def _time_only_of(config: Config, train_labels: list, val_labels: list, num_classes: int) -> dict:
-    return time_only_metrics(train_labels, val_labels, num_classes, config.model.hidden_size, config.data.clip_len,
-                             fractions=config.eval.fractions, ks=config.eval.ks, stride=config.eval.stride,
-                             classifier=config.eval.classifier)
-
-
 def run_metrics(run_dir: Path, config: Config) -> dict:
     """{"model": metrics or None, "time_only": metrics or None, "source": where the model's came from, "note":
     why a row is missing or None}. The model's row is RUN/eval/metrics.json's mean (time-only scored on the labels
@@ -118,28 +105,31 @@ def run_metrics(run_dir: Path, config: Config) -> dict:
     eval_json = run_dir / "eval" / "metrics.json"
     if eval_json.is_file():
         result = json.loads(eval_json.read_text())
-        rows = []
-        for name in result["datasets"]:
-            _, train_labels, _, val_labels = load_embeddings(run_dir / "eval" / f"{name}.npz")
-            classes = int(max(labels.max() for labels in train_labels + val_labels)) + 1
-            rows.append(_time_only_of(config, train_labels, val_labels, classes))
-        count = len(rows)
-        return {"model": result["mean"], "time_only": _mean(rows), "note": None,
+        time_only = time_only_files([run_dir / "eval" / f"{name}.npz" for name in result["datasets"]],
+                                    config.model.hidden_size, config.data.clip_len, config.eval.stride,
+                                    config.eval.fractions, config.eval.ks, classifier=config.eval.classifier)
+        count = len(result["datasets"])
+        return {"model": result["mean"], "time_only": time_only["mean"], "note": None,
                 "source": f"{eval_json}, mean over {count} dataset{'s' * (count != 1)}"}
     evaluations = [r for r in read_metrics(run_dir) if isinstance(r.get("eval"), dict)] \
         if (run_dir / METRICS_NAME).is_file() else []
     if not evaluations:
         return {"model": None, "time_only": None, "source": None,
                 "note": f"no evaluation found in {run_dir}: run `mvformer evaluate {run_dir}` for the metrics"}
+    time_only, note = None, None
     try:
         train_set, val_set = (open_dataset(config.data.root, split, config.data.format, config.data.subset)
                               for split in ("train", "val"))
     except MVFormerError as error:
-        time_only, note = None, f"time-only row not computed: {error}"
+        note = f"time-only row not computed: {error}"
     else:
-        time_only = _time_only_of(config, [r.labels for r in train_set.records], [r.labels for r in val_set.records],
-                                  train_set.num_classes)
-        note = None
+        if train_set.labelled and val_set.labelled:
+            time_only = time_only_metrics([r.labels for r in train_set.records], [r.labels for r in val_set.records],
+                                          train_set.num_classes, config.model.hidden_size, config.data.clip_len,
+                                          config.eval.fractions, config.eval.ks, config.eval.stride,
+                                          classifier=config.eval.classifier)
+        else:
+            note = f"time-only row not computed: {config.data.root} has no frame labels now"
     return {"model": evaluations[-1]["eval"], "time_only": time_only, "note": note,
             "source": f"{run_dir / METRICS_NAME}, evaluation after epoch {evaluations[-1].get('epoch')}"}
 
@@ -169,9 +159,12 @@ def metrics_table(metrics: dict) -> str:
             attributes = f' class="meaningless" title="{html.escape(unreliable[mark])}"' if mark in unreliable else ""
             cells.append(f"<td{attributes}>{text}</td>")
         body.append(f'<tr class="{css}"><th>{html.escape(label)}</th>{"".join(cells)}</tr>')
+    marked = any(unreliable_metrics(values) for _, values, _ in rows)
     notes = [f"Model row: {metrics['source']}." if metrics["source"] else "",
-             "The time-only row embeds each frame by its relative time alone (the model's own sinusoidal code, "
-             "untrained, no pixels): a score counts only by how far it rises above that row.",
+             "Struck-out values cannot be read as scores (hover for why): an R^2 far below 0, an undefined metric."
+             if marked else "",
+             ("The time-only row embeds each frame by its relative time alone (the model's own sinusoidal code, "
+              "untrained, no pixels): a score counts only by how far it rises above that row."),
              metrics["note"] or ""]
     paragraph = " ".join(html.escape(note) for note in notes if note)
     return (f'<table class="metrics"><thead><tr><th>model</th>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
@@ -264,12 +257,14 @@ def build_report(checkpoint: str | Path, out: str | Path, videos: Sequence[str |
                             animation="mp4", display_size=height)
         data = {"videos": listed, "mapping": mapping,
                 "nearest": nearest_frames([e.embeddings for e in embedded], NEAREST)}
-        warning = warning_line(spread)
+        warnings = [warning_line(spread)]
+        if metrics["model"] and metrics["time_only"]:
+            warnings.append(no_gain_line(metrics["model"], metrics["time_only"]))
         page = Template(_asset("index.html")).substitute(
             title=html.escape(f"mvformer report: {model.config.name}"),
             subtitle=html.escape(f"{source.resolve()} · backbone {model.config.backbone.name}, pooling "
                                  f"{model.config.model.pooling}, time encoding {model.config.model.time_encoding}"),
-            warning=f'<p class="warning">{html.escape(warning)}</p>' if warning else "",
+            warning="".join(f'<p class="warning">{html.escape(line)}</p>' for line in warnings if line),
             metrics=metrics_table(metrics),
             last_frame=len(reference) - 1,
             videos="\n    ".join(_video_figure(i, name, i == 0) for i, name in enumerate(names)),

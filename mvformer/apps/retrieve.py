@@ -10,15 +10,20 @@ import numpy as np
 
 from mvformer import viz
 from mvformer.apps.videos import (
+    check_display_height,
+    check_videos,
     display_frames,
     embed_video_file,
     list_videos,
+    load_app_model,
+    model_inputs,
     output_name,
 )
-from mvformer.checkpoint import load_model
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.alignment import cost_matrix
-from mvformer.files import atomic_path, check_outputs, write_csv
+from mvformer.files import atomic_paths, check_outputs, save_csv
+
+MAX_K = 100  # frames on one contact sheet
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class Match:
 def parse_frame_reference(spec: str) -> tuple[Path, int]:
     """'VIDEO:FRAME' (FRAME a 0-based index; VIDEO may itself hold colons) -> (VIDEO, FRAME)."""
     video, _, frame = spec.rpartition(":")
-    if not video or not frame.strip().isdigit():
+    if not video or not (frame.isascii() and frame.isdigit()):
         raise MVFormerError(f"{spec}: expected VIDEO:FRAME with a 0-based frame number, e.g. clip.mp4:12")
     return Path(video), int(frame)
 
@@ -47,14 +52,21 @@ def retrieve_frames(checkpoint: str | Path, query: str | Path, frame: int, galle
     out, query = Path(out), Path(query)
     if out.suffix.lower() != ".png":
         raise MVFormerError(f"{out}: the contact sheet must be a .png file")
-    if k < 1:
-        raise MVFormerError(f"k = {k}: must be at least 1")
-    csv_path = out.with_suffix(".csv")
-    check_outputs([out, csv_path], overwrite)
-    sources = [p for p in list_videos(gallery) if not (skip_query_video and p.resolve() == query.resolve())]
+    if not 1 <= k <= MAX_K:
+        raise MVFormerError(f"k = {k}: must be from 1 to {MAX_K} (frames on the contact sheet)")
+    check_display_height(height)
+    outputs = [out, out.with_suffix(".csv")]
+    listed = list_videos(gallery)
+    check_outputs(outputs, overwrite, [*model_inputs(checkpoint), query, *map(Path, gallery), *listed])
+    sources = [p for p in listed if not (skip_query_video and p.resolve() == query.resolve())]
     if not sources:
         raise MVFormerError(f"{', '.join(map(str, gallery))}: the gallery holds no video but the query's")
-    model, torch_device = load_model(checkpoint, device)
+    (query_frames,), counts = check_videos([query]), check_videos(sources)
+    if not 0 <= frame < query_frames:
+        raise MVFormerError(f"{query}: frame {frame} out of range (video has {query_frames} frames)")
+    if k > sum(counts):
+        raise MVFormerError(f"k = {k}: the gallery holds only {sum(counts)} frames")
+    model, torch_device = load_app_model(checkpoint, device)
     anchor = embed_video_file(model, query, torch_device, frames).embeddings
     if not 0 <= frame < len(anchor):
         raise MVFormerError(f"{query}: frame {frame} out of range (video has {len(anchor)} frames)")
@@ -74,9 +86,9 @@ def retrieve_frames(checkpoint: str | Path, query: str | Path, frame: int, galle
         for rank, image in zip(ranks, images):
             thumbnails[rank] = image
     titles = [f"#{rank + 1} {output_name(m.source)}:{m.frame}\nd = {m.distance:.4f}" for rank, m in enumerate(matches)]
-    with atomic_path(out) as temporary:
+    with atomic_paths(outputs) as (sheet_path, csv_path):
         viz.plot_contact_sheet(display_frames(query, np.array([frame]), height)[0],
-                               f"query {output_name(query)}:{frame}", thumbnails, titles, temporary)
-    write_csv(csv_path, ("rank", "video", "frame", "distance"),
-               [(rank + 1, str(m.source), m.frame, f"{m.distance:.6f}") for rank, m in enumerate(matches)])
+                               f"query {output_name(query)}:{frame}", thumbnails, titles, sheet_path)
+        save_csv(csv_path, ("rank", "video", "frame", "distance"),
+                 [(rank + 1, str(m.source), m.frame, f"{m.distance:.6f}") for rank, m in enumerate(matches)])
     return matches

@@ -20,13 +20,7 @@ import torch
 
 from mvformer import viz
 from mvformer.checkpoint import load_model
-from mvformer.data.video import (
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
-    count_frames,
-    frame_chunks,
-    frame_image_paths,
-)
+from mvformer.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, count_frames, frame_chunks, frame_image_paths
 from mvformer.errors import MVFormerError
 from mvformer.model.mvformer import MVFormer
 from mvformer.progress import progress_bar

@@ -64,8 +64,8 @@ def check_name(name, source: str, what: str = "video name") -> str:
     """A name that is one plain file name of the generic layout (video NAME, split SPLIT)."""
     if (not isinstance(name, str) or not name or name.startswith(".") or name != name.strip()
             or any(c in name for c in "/\\\0") or not name.isprintable()):
-        raise MVFormerError(f"{source}: {what} {name!r} is not a plain file name (no path separators, not starting "
-                            f"with '.', no control characters)")
+        raise MVFormerError(f"{source}: {what} {name!r} is not a plain file name (no path separators or "
+                            f"surrounding spaces, not starting with '.', no control characters)")
     return name
 
 
@@ -83,11 +83,20 @@ def inside_root(root: Path, path: Path, source: str) -> Path:
 
 def relative_inside(root: Path, relative, source: str, what: str) -> Path:
     """ROOT/relative for a path a dataset file names: relative, without '..', and resolving inside ROOT."""
-    if (not isinstance(relative, str) or not relative.strip() or "\0" in relative
-            or PurePath(relative).is_absolute() or ".." in PurePath(relative).parts):
-        raise MVFormerError(f"{source}: {what} {relative!r} must be a path relative to the dataset root {root}, "
-                            f"without '..'")
-    return inside_root(root, root / relative, source)
+    if not isinstance(relative, str):
+        problem = f"it is a {type(relative).__name__}, not a string"
+    elif not relative.strip():
+        problem = "it is empty"
+    elif "\0" in relative:
+        problem = "it holds a NUL character"
+    elif PurePath(relative).is_absolute():
+        problem = "it is absolute"
+    elif ".." in PurePath(relative).parts:
+        problem = "'..' climbs out of the root"
+    else:
+        return inside_root(root, root / relative, source)
+    raise MVFormerError(f"{source}: {what} {relative!r} must be a path relative to the dataset root {root} "
+                        f"({problem})")
 
 
 def frame_count_inside(root: Path, folder: Path, source: str) -> int:
@@ -153,6 +162,15 @@ def _read_classes(root: Path) -> list[str] | None:
     return classes
 
 
+def check_generic_root(root: str | Path) -> Path:
+    """`check_root`, and the root must hold the generic layout's splits/ folder."""
+    root = check_root(root)
+    if not (root / "splits").is_dir():
+        raise MVFormerError(f"{root}: has no splits/ folder, so it is no dataset in the generic layout (videos/, "
+                            f"splits/SPLIT.txt); a benchmark download needs data.format")
+    return root
+
+
 def split_file(root: str | Path, split: str) -> Path:
     """ROOT/splits/SPLIT.txt, the list of a split's video names."""
     return Path(root) / "splits" / f"{check_name(split, str(root), 'split')}.txt"
@@ -187,13 +205,22 @@ def _video_files(root: Path) -> dict[str, list[Path]]:
                             f"videos/NAME/ frame folders)")
     found: dict[str, list[Path]] = {}
     try:
-        for entry in os.scandir(folder):
-            path = Path(entry.path)
-            if path.suffix.lower() not in IMAGE_SUFFIXES and entry.is_file():
-                found.setdefault(path.stem, []).append(path)
+        entries = list(os.scandir(folder))
     except OSError as error:
         raise MVFormerError(f"{root}: cannot list videos/ ({error.strerror or error})") from None
+    for entry in entries:
+        path = Path(entry.path)
+        if path.suffix.lower() not in IMAGE_SUFFIXES and _is_file_or_broken(entry):
+            found.setdefault(path.stem, []).append(path)
     return found
+
+
+def _is_file_or_broken(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is a file, or a symbolic link that cannot be followed (a loop: refused later)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return entry.is_symlink()
 
 
 def _find_video(root: Path, name: str, files: dict[str, list[Path]], source: str) -> Path:
@@ -278,11 +305,8 @@ class VideoDataset:
     """
 
     def __init__(self, root: str | Path, split: str, size: int | None = None, preload: bool = False) -> None:
-        root = check_root(root)
+        root = check_generic_root(root)
         if not os.path.lexists(split_file(root, split)):
-            if not (root / "splits").is_dir():
-                raise MVFormerError(f"{root}: has no splits/ folder, so it is no dataset in the generic layout "
-                                    f"(videos/, splits/SPLIT.txt); a benchmark download needs data.format")
             raise MVFormerError(f"{root}: split file splits/{split}.txt does not exist")
         names = _read_split(root, split)
         classes = _read_classes(root)
@@ -348,11 +372,12 @@ class VideoDataset:
         """Whether every video has frame labels (only then can the split be scored)."""
         return all(record.labels is not None for record in self.records)
 
-    def check_scorable(self, num_classes: int | None = None, leading_videos: int = 1) -> None:
+    def check_scorable(self, num_classes: int | None = None, leading_videos: int = 1,
+                       progression: bool = True) -> None:
         """Refuse, with one line naming the split (and the video), what the protocol metrics would refuse only
         after the long work: a video without labels, no labelled frame in the split or in its first
-        `leading_videos` videos (the fewest a probe is fitted on), or a labelled video missing a phase that
-        progression needs (each of 0..C-2, C = num_classes, default this split's)."""
+        `leading_videos` videos (the fewest a probe is fitted on), or (when progression is scored) a labelled
+        video missing a phase that progression needs (each of 0..C-2, C = num_classes, default this split's)."""
         where = f"{self.root}: split {self.split}"
         unlabelled = next((record for record in self.records if record.labels is None), None)
         if unlabelled is not None:
@@ -363,6 +388,8 @@ class VideoDataset:
         if not labelled[:max(1, leading_videos)].any():
             raise MVFormerError(f"{where}: no labelled frame in its first {max(1, leading_videos)} videos, the "
                                 f"fewest a probe is fitted on (eval.fractions)")
+        if not progression:
+            return
         classes = self.num_classes if num_classes is None else num_classes
         needed = np.arange(max(classes - 1, 0))  # (C - 1,)
         for record in (record for record, has_labels in zip(self.records, labelled) if has_labels):
@@ -388,12 +415,13 @@ class VideoDataset:
         return video[as_frame_indices(indices, record.path, len(video))]
 
 
-def check_scorable_pair(train_set: VideoDataset, val_set: VideoDataset, leading_videos: int = 1) -> None:
+def check_scorable_pair(train_set: VideoDataset, val_set: VideoDataset, leading_videos: int = 1,
+                        progression: bool = True) -> None:
     """Refuse, before any long work, a train/val pair the protocol metrics could not score or would score
     wrongly: each split as `VideoDataset.check_scorable` with train's class count, and no val label among
     classes train does not know (without classes.txt a split knows 0..its largest label)."""
-    train_set.check_scorable(leading_videos=leading_videos)
-    val_set.check_scorable(train_set.num_classes)
+    train_set.check_scorable(leading_videos=leading_videos, progression=progression)
+    val_set.check_scorable(train_set.num_classes, progression=progression)
     largest = max(int(record.labels.max()) for record in val_set.records)
     if largest >= train_set.num_classes:
         raise MVFormerError(f"{val_set.root}: split {val_set.split} has label {largest} but split {train_set.split} "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mvformer.data.datasets import MAX_CLASSES
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.metrics import CLASSIFIERS, TASKS, evaluate_embeddings
 from mvformer.progress import note as say
@@ -22,12 +23,17 @@ SPLITS = ("train", "val")
 REQUIRED_ARRAYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("embs", "labels", "lens"))
 # What a damaged or foreign file can raise while NumPy reads it.
 READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+MAX_STRIDE_OR_K = 100_000  # --stride and --ks: beyond any video's frame count
+# Largest embedding value: the probes work in float32 and square the values, which must stay finite there.
+MAX_EMBEDDING_VALUE = 1e15
 # Short column names of the table: metric key -> prefix.
 COLUMN_PREFIXES = {"classification": "class", "progression": "prog", "kendalls_tau": "tau", "retrieval": "AP"}
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """The required arrays of one .npz file; anything unreadable or missing is a one-line error naming the file."""
+    if path.is_dir():
+        raise MVFormerError(f"{path}: is a folder, not an .npz file")
     if not path.is_file():
         raise MVFormerError(f"{path}: no such file")
     try:
@@ -44,36 +50,70 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         try:
             return {name: archive[name] for name in REQUIRED_ARRAYS}
         except READ_ERRORS as error:
-            raise MVFormerError(f"{path}: cannot read its arrays ({str(error).splitlines()[0]})") from None
+            reason = (str(error) or type(error).__name__).splitlines()[0]
+            raise MVFormerError(f"{path}: cannot read its arrays ({reason})") from None
+        except MemoryError:
+            raise MVFormerError(f"{path}: its arrays are too large to load into memory") from None
 
 
-def _split_videos(path: Path, arrays: dict[str, np.ndarray], split: str) -> tuple[list, list]:
-    """Check one split's three arrays and cut them into per-video embeddings (frames, D) and labels (frames,)."""
-    embs, labels, lens = arrays[f"{split}_embs"], arrays[f"{split}_labels"], arrays[f"{split}_lens"]
-    if embs.ndim != 2 or not (np.issubdtype(embs.dtype, np.floating) or np.issubdtype(embs.dtype, np.integer)):
-        raise MVFormerError(f"{path}: {split}_embs must be a 2-D (frames, D) number array, "
+def _is_integer_array(array: np.ndarray) -> bool:
+    return np.issubdtype(array.dtype, np.integer)
+
+
+def _check_embeddings(path: Path, split: str, embs: np.ndarray) -> None:
+    """(frames, D) with D >= 1, of real numbers, all finite and small enough to square in float32."""
+    if embs.ndim != 2 or not (np.issubdtype(embs.dtype, np.floating) or _is_integer_array(embs)):
+        raise MVFormerError(f"{path}: {split}_embs must be a 2-D (frames, D) array of real numbers, "
                             f"got {embs.dtype} of shape {embs.shape}")
-    if not np.isfinite(embs).all():
-        bad_frames = int(np.count_nonzero(~np.isfinite(embs).all(axis=1)))
+    if embs.shape[1] == 0:
+        raise MVFormerError(f"{path}: {split}_embs has shape {embs.shape}: every frame needs at least one value")
+    values = embs if np.issubdtype(embs.dtype, np.floating) else embs.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad_frames = int(np.count_nonzero(~finite.all(axis=1)))
         raise MVFormerError(f"{path}: {split}_embs holds NaN or Inf values (in {bad_frames} frame(s))")
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    largest = float(np.abs(values).max(initial=0))
+    if largest > MAX_EMBEDDING_VALUE:
+        raise MVFormerError(f"{path}: {split}_embs holds a value of magnitude {largest:.3g}, above the "
+                            f"{MAX_EMBEDDING_VALUE:.0e} the float32 probes can square; scale the embeddings down")
+
+
+def _check_labels(path: Path, split: str, labels: np.ndarray, num_frames: int) -> None:
+    """(frames,) integers, each -1 (unlabelled) or a class in [0, MAX_CLASSES)."""
+    if labels.ndim != 1 or not _is_integer_array(labels):
         raise MVFormerError(f"{path}: {split}_labels must be a 1-D integer array, "
                             f"got {labels.dtype} of shape {labels.shape}")
-    if len(labels) != len(embs):
+    if len(labels) != num_frames:
         raise MVFormerError(f"{path}: {split}_labels has {len(labels)} entries but {split}_embs has "
-                            f"{len(embs)} rows (frames)")
-    if lens.ndim != 1 or not np.issubdtype(lens.dtype, np.integer):
+                            f"{num_frames} rows (frames)")
+    bad = labels[(labels < -1) | (labels >= MAX_CLASSES)]
+    if bad.size:
+        raise MVFormerError(f"{path}: {split}_labels holds {int(bad[0])}; a label is -1 (unlabelled) or a class "
+                            f"in 0..{MAX_CLASSES - 1}")
+
+
+def _check_lengths(path: Path, split: str, lens: np.ndarray, num_frames: int) -> np.ndarray:
+    """(videos,) positive integers that sum, exactly (no integer wrap-around), to the frame count; int64."""
+    if lens.ndim != 1 or not _is_integer_array(lens):
         raise MVFormerError(f"{path}: {split}_lens must be a 1-D integer array, got {lens.dtype} of shape "
                             f"{lens.shape}")
     if len(lens) == 0:
         raise MVFormerError(f"{path}: {split}_lens is empty: no {split} videos")
     if (lens < 1).any():
         raise MVFormerError(f"{path}: {split}_lens holds a length below 1 ({int(lens.min())})")
-    if lens.sum() != len(embs):
-        raise MVFormerError(f"{path}: {split}_lens sum to {int(lens.sum())} frames but {split}_embs has "
-                            f"{len(embs)} rows")
-    cuts = np.cumsum(lens)[:-1]
-    return np.split(embs, cuts), np.split(labels, cuts)  # per video: (frames, D), (frames,)
+    total = sum(lens.tolist())  # Python integers: an int64 sum could wrap around to the right total
+    if total != num_frames:
+        raise MVFormerError(f"{path}: {split}_lens sum to {total} frames but {split}_embs has {num_frames} rows")
+    return lens.astype(np.int64)
+
+
+def _split_videos(path: Path, arrays: dict[str, np.ndarray], split: str) -> tuple[list, list]:
+    """Check one split's three arrays and cut them into per-video embeddings (frames, D) and labels (frames,)."""
+    embs, labels, lens = arrays[f"{split}_embs"], arrays[f"{split}_labels"], arrays[f"{split}_lens"]
+    _check_embeddings(path, split, embs)
+    _check_labels(path, split, labels, len(embs))
+    cuts = np.cumsum(_check_lengths(path, split, lens, len(embs)))[:-1]
+    return np.split(embs, cuts), np.split(labels.astype(np.int64), cuts)  # per video: (frames, D), (frames,)
 
 
 def load_embeddings(path: str | Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
@@ -109,21 +149,58 @@ def dataset_names(paths: Sequence[str | Path]) -> list[str]:
 def _check_options(stride: int, fractions: Sequence[float], ks: Sequence[int], tasks: Sequence[str],
                    classifier: str, num_classes: int | None) -> None:
     """Reject bad options before any file is read."""
-    if stride < 1:
-        raise MVFormerError(f"--stride must be a positive integer, got {stride}")
+    if not 1 <= stride <= MAX_STRIDE_OR_K:
+        raise MVFormerError(f"--stride must be an integer from 1 to {MAX_STRIDE_OR_K}, got {stride}")
+    if not fractions:
+        raise MVFormerError("--fractions: give at least one training fraction")
     for fraction in fractions:
         if not 0 < fraction <= 1:
             raise MVFormerError(f"--fractions: training fraction {fraction} is outside (0, 1]")
     for k in ks:
-        if k < 1:
-            raise MVFormerError(f"--ks: retrieval K must be a positive integer, got {k}")
+        if not 1 <= k <= MAX_STRIDE_OR_K:
+            raise MVFormerError(f"--ks: retrieval K must be an integer from 1 to {MAX_STRIDE_OR_K}, got {k}")
     unknown = [task for task in tasks if task not in TASKS]
     if unknown:
         raise MVFormerError(f"--tasks: unknown task(s) {unknown}; choose from {list(TASKS)}")
     if classifier not in CLASSIFIERS:
         raise MVFormerError(f"--classifier: unknown classifier {classifier!r}; choose from {list(CLASSIFIERS)}")
-    if num_classes is not None and num_classes < 1:
-        raise MVFormerError(f"--num-classes must be positive, got {num_classes}")
+    if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
+        raise MVFormerError(f"--num-classes must be from 1 to {MAX_CLASSES}, got {num_classes}")
+
+
+def _first_video_lacking_a_phase(videos: list[np.ndarray], num_classes: int) -> tuple[int, int] | None:
+    """(video, phase) of the first video with labelled frames but no frame of some phase 0..C-2, or None."""
+    owner = np.repeat(np.arange(len(videos)), [len(labels) for labels in videos])  # (frames,) video of each frame
+    labels = np.concatenate(videos)  # (frames,)
+    kept = labels >= 0
+    video, phase = np.divmod(np.unique(owner[kept] * num_classes + labels[kept]), num_classes)  # distinct pairs
+    held = np.bincount(video[phase < num_classes - 1], minlength=len(videos))  # (videos,) phases 0..C-2 held
+    lacking = np.flatnonzero((np.bincount(video, minlength=len(videos)) > 0) & (held < num_classes - 1))
+    if not lacking.size:
+        return None
+    first = int(lacking[0])
+    return first, int(np.setdiff1d(np.arange(num_classes - 1), videos[first])[0])
+
+
+def _check_scorable(path: Path, train_labels: list[np.ndarray], val_labels: list[np.ndarray], num_classes: int,
+                    tasks: Sequence[str], fractions: Sequence[float]) -> None:
+    """Refuse, before any file is scored, what the metrics would refuse half-way: no labelled validation frame,
+    no labelled frame in the fewest training videos a probe is fitted on, or (progression) a labelled video
+    without a phase whose end is one of the targets."""
+    if not any((labels >= 0).any() for labels in val_labels):
+        raise MVFormerError(f"{path}: val_labels marks every frame unlabelled (-1): nothing to score")
+    probes = [task for task in ("classification", "progression") if task in tasks]
+    fewest = min(max(1, int(fraction * len(train_labels))) for fraction in fractions)
+    if probes and not any((labels >= 0).any() for labels in train_labels[:fewest]):
+        raise MVFormerError(f"{path}: no labelled frame in the first {fewest} training video(s), the fewest a "
+                            f"probe ({' and '.join(probes)}) is fitted on (--fractions {min(fractions)})")
+    if "progression" not in tasks or num_classes < 2:
+        return
+    for split, videos in (("train", train_labels), ("val", val_labels)):
+        lacking = _first_video_lacking_a_phase(videos, num_classes)
+        if lacking is not None:
+            raise MVFormerError(f"{path}: {split} video {lacking[0]} has no frame of phase {lacking[1]}; progression "
+                                f"needs every phase but the last (0..{num_classes - 2}) in every labelled video")
 
 
 def _undefined_notes(path: Path, scores: dict, val_labels: list[np.ndarray], stride: int) -> list[str]:
@@ -176,7 +253,9 @@ def score_files(
         largest_label = int(max(labels.max() for labels in arrays[1] + arrays[3]))
         if num_classes is not None and largest_label >= num_classes:
             raise MVFormerError(f"{path}: label {largest_label} is out of range for --num-classes {num_classes}")
-        loaded.append((path, arrays, largest_label + 1 if num_classes is None else num_classes))
+        classes = largest_label + 1 if num_classes is None else num_classes
+        _check_scorable(path, arrays[1], arrays[3], classes, tasks, fractions)
+        loaded.append((path, arrays, classes))
     datasets = {}
     for name, (path, (train_embs, train_labels, val_embs, val_labels), classes) in zip(names, loaded):
         try:

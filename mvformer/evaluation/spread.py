@@ -6,7 +6,8 @@ Spread of frames x_1..x_N (rows of all videos pooled):
 - relative spread: the root-mean-square distance of the frames to their mean frame, divided by their
   root-mean-square norm; scale-free, in [0, 1] (0: every frame embeds alike; near 1: frames spread around the origin);
 - effective rank (Roy and Vetterli, 2007): exp of the entropy of the normalised singular values of the centred
-  frames; 1 for frames along one line, D for frames spread evenly in all D directions, 0 for identical frames.
+  frames; 1 for frames along one line, D for frames spread evenly in all D directions, 0 for identical frames
+  (singular values at rounding level, below RANK_RTOL of the frames' norm, count as 0).
 
 Verdict: `collapsed` when the relative spread is below COLLAPSE_SPREAD (frames nearly constant: they lie within about
 1% of their norm from their mean) or the effective rank is below MIN_EFFECTIVE_RANK (frames along one line at most, so
@@ -27,6 +28,7 @@ import numpy as np
 COLLAPSE_SPREAD = 1e-2
 MIN_EFFECTIVE_RANK = 2.0
 R2_FLOOR = -1.0
+RANK_RTOL = 1e-10  # singular values below this fraction of the frames' norm (times sqrt N) count as 0
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ def embedding_spread(embeddings: np.ndarray | Sequence[np.ndarray]) -> Spread:
     rms_norm = np.sqrt(np.mean(np.einsum("nd,nd->n", frames, frames)))
     relative = float(np.sqrt(np.mean(np.einsum("nd,nd->n", centred, centred))) / rms_norm) if rms_norm > 0 else 0.0
     eigenvalues = np.linalg.eigvalsh(centred.T @ centred)  # (D,): squared singular values of the centred frames
-    rank = effective_rank(np.sqrt(np.clip(eigenvalues, 0.0, None)))
+    rounding = len(frames) * (RANK_RTOL * rms_norm) ** 2  # what rounding alone leaves in a constant set of frames
+    rank = effective_rank(np.sqrt(np.where(eigenvalues > rounding, eigenvalues, 0.0)))
     reason = None
     if relative < COLLAPSE_SPREAD:
         reason = f"every frame embeds nearly alike (spread {relative:.2g} of the norm, below {COLLAPSE_SPREAD:g})"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mvformer.config import AugmentConfig, Config
-from mvformer.data.datasets import VideoDataset, check_root, has_generic_split
+from mvformer.data.datasets import VideoDataset, check_generic_root, check_root, has_generic_split
 from mvformer.data.formats import open_dataset
 from mvformer.data.transforms import augment_views, normalize
 from mvformer.errors import MVFormerError
@@ -256,10 +256,10 @@ def _complete_chunks(manifest: dict) -> tuple[int, int]:
 
 def _open_splits(config: Config, splits: Sequence[str], note: Callable[[str], None]) -> dict[str, VideoDataset]:
     """The dataset's `splits` as the cache decodes them; a generic-layout split without a split file is skipped."""
-    root = check_root(config.data.root)
     if config.data.format != "generic":
-        return {split: open_dataset(root, split, config.data.format, config.data.subset,
+        return {split: open_dataset(config.data.root, split, config.data.format, config.data.subset,
                                     size=config.data.image_size) for split in splits}
+    root = check_generic_root(config.data.root)
     present = [split for split in splits if has_generic_split(root, split)]
     for split in sorted(set(splits) - set(present)):
         note(f"{root}: no splits/{split}.txt, so split {split} is not cached")
@@ -271,11 +271,12 @@ def _open_splits(config: Config, splits: Sequence[str], note: Callable[[str], No
 def _check_cache_folder(folder: Path, data_root: Path) -> None:
     """Refuse a cache folder that is a file, overlaps the dataset (an output is never one of the inputs), or is a
     non-empty folder holding no feature cache (nothing but a cache is ever written into)."""
-    if not str(folder).strip():
-        raise MVFormerError("the feature cache folder is not set")
     if folder.exists() and not folder.is_dir():
         raise MVFormerError(f"{folder}: exists and is not a folder, so it cannot hold a feature cache")
-    cache, data = folder.resolve(), data_root.resolve()
+    try:
+        cache, data = folder.resolve(), data_root.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        raise MVFormerError(f"{folder}: cannot be resolved (symbolic link loop?)") from None
     if cache.is_relative_to(data) or data.is_relative_to(cache):
         raise MVFormerError(f"{folder}: the feature cache must lie outside the dataset root {data_root} and must not "
                             f"hold it")
@@ -303,6 +304,8 @@ def cache_features(config: Config, out_dir: str | Path | None = None, copies: in
         raise MVFormerError("augmented copies need data.augment.enabled true (they would equal copy 0)")
     if chunk_frames < 1:
         raise MVFormerError(f"feature cache chunk_frames must be >= 1, got {chunk_frames}")
+    if out_dir is not None and not str(out_dir).strip():
+        raise MVFormerError("--out is empty: it must name the cache folder")
     folder = Path(out_dir) if out_dir is not None else cache_dir(config) or default_cache_dir(config)
     datasets = _open_splits(config, splits, note) if datasets is None else datasets
     _check_cache_folder(folder, check_root(config.data.root))

@@ -18,38 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mvformer.config import TCCConfig
 from mvformer.errors import MVFormerError
-
-LOSS_TYPES = ("regression_mse_var", "regression_mse", "regression_huber", "classification")
-SIMILARITY_TYPES = ("l2", "cosine")
-
-
-@dataclass(frozen=True)
-class TCCConfig:
-    """TCC hyper-parameters; defaults are the published ones (utils/config.py and every configs/tcc_*.yml)."""
-
-    loss_type: str = "regression_mse_var"  # regression_mse_var | regression_mse | regression_huber | classification
-    similarity_type: str = "l2"  # l2 (negative squared distance) | cosine (dot product)
-    temperature: float = 0.1  # softmax temperature of both hops, > 0
-    label_smoothing: float = 0.1  # in [0, 1): mass moved from the start frame to the other frames
-    variance_lambda: float = 0.001  # >= 0: weight of the log-variance term of regression_mse_var
-    normalize_indices: bool = True  # regress frame positions divided by the video length
-    huber_delta: float = 1.0  # > 0: SmoothL1 beta of regression_huber
-
-    def __post_init__(self) -> None:
-        if self.loss_type not in LOSS_TYPES:
-            raise MVFormerError(f"tcc loss_type is {self.loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
-        if self.similarity_type not in SIMILARITY_TYPES:
-            raise MVFormerError(f"tcc similarity_type is {self.similarity_type!r}; choose one of "
-                                f"{', '.join(SIMILARITY_TYPES)}")
-        if self.temperature <= 0 or self.huber_delta <= 0:
-            raise MVFormerError(f"tcc temperature ({self.temperature}) and huber_delta ({self.huber_delta}) "
-                                f"must be > 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise MVFormerError(f"tcc label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.variance_lambda < 0:
-            raise MVFormerError(f"tcc variance_lambda must be >= 0, got {self.variance_lambda}")
-
 
 def scaled_similarity(queries: torch.Tensor, keys: torch.Tensor, similarity_type: str,
                       temperature: float) -> torch.Tensor:

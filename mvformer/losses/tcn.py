@@ -12,21 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mvformer.config import TCNConfig
 from mvformer.errors import MVFormerError
-
-
-@dataclass(frozen=True)
-class TCNConfig:
-    """TCN hyper-parameters; defaults are the published ones (utils/config.py, configs/tcn_config.yml)."""
-
-    positive_window: int = 5  # >= 1: the positive is 1..positive_window frames before its anchor (sampling)
-    reg_lambda: float = 0.002  # >= 0: weight of the squared-norm penalty, 0.25 * reg_lambda * (anchor + positive)
-
-    def __post_init__(self) -> None:
-        if self.positive_window < 1:
-            raise MVFormerError(f"tcn positive_window must be >= 1, got {self.positive_window}")
-        if self.reg_lambda < 0:
-            raise MVFormerError(f"tcn reg_lambda must be >= 0, got {self.reg_lambda}")
 
 
 def tcn_loss(embs: torch.Tensor, masks: torch.Tensor, config: TCNConfig = TCNConfig()) -> torch.Tensor:

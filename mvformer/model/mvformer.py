@@ -133,17 +133,19 @@ class MVFormer(nn.Module):
         return patches.view(batch, length, *patches.shape[1:]), cls.view(batch, length, -1)
 
     def embed_features(self, patches: torch.Tensor, cls: torch.Tensor, masks: torch.Tensor | None = None,
-                       project: bool = False) -> torch.Tensor:
-        """Backbone features -> (B, T, E) L2-normalised embeddings (through the SCL projection if `project`)."""
+                       project: bool = False, normalize: bool = True) -> torch.Tensor:
+        """Backbone features -> (B, T, E) embeddings: through the SCL projection if `project`, L2-normalised if
+        `normalize` (TCC and the supervised objective train on the head's raw output, as published)."""
         embs = self.head(patches, cls, masks)
         if project:
             embs = self.projection(embs)
-        return F.normalize(embs, dim=-1)
+        return F.normalize(embs, dim=-1) if normalize else embs
 
-    def forward(self, frames: torch.Tensor, masks: torch.Tensor | None = None, project: bool = False) -> torch.Tensor:
-        """frames (B, T, 3, S, S) normalised, masks (B, T) -> (B, T, E) L2-normalised embeddings."""
+    def forward(self, frames: torch.Tensor, masks: torch.Tensor | None = None, project: bool = False,
+                normalize: bool = True) -> torch.Tensor:
+        """frames (B, T, 3, S, S) normalised, masks (B, T) -> (B, T, E) embeddings (see `embed_features`)."""
         patches, cls = self.features(frames)
-        return self.embed_features(patches, cls, masks, project)
+        return self.embed_features(patches, cls, masks, project, normalize)
 
     @torch.no_grad()
     def pool_chunks(self, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

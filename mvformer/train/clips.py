@@ -6,6 +6,8 @@ number of loader workers or ranks, and after a resume.
 """
 
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -18,13 +20,21 @@ from mvformer.errors import MVFormerError
 from mvformer.features.cache import AUGMENTED_SPLIT, FeatureCache
 
 
+Sampler = Callable[[int, np.random.Generator], ClipViews]  # (video length, generator) -> the item's views
+
+
 class _Clips(Dataset):
     """What both clip sources share: the views of video i in epoch e, drawn from (seed, e, i), and the item's
-    time fields: steps and masks (2, T), seq_lens (2,)."""
+    time fields: steps and masks (V, T), seq_lens (V,), plus frame labels (V, T) (-1: unlabelled or padding)
+    when `labels` are given (the supervised objective). V = 2 views by default; `sampler` draws others (one view
+    for TCC, anchor-positive pairs for TCN)."""
 
     def __init__(self, lengths: list[int], clip_len: int, max_stretch: float, seed: int, rule: str = "whole_video",
-                 consistent_offset: float = 0.2):
+                 consistent_offset: float = 0.2, sampler: Sampler | None = None,
+                 labels: list[np.ndarray] | None = None):
         self.lengths = lengths
+        self.sampler = sampler
+        self.labels = labels
         self.clip_len = clip_len
         self.max_stretch = max_stretch
         self.seed = seed
@@ -40,14 +50,19 @@ class _Clips(Dataset):
 
     def views(self, index: int, rng: np.random.Generator | None = None) -> ClipViews:
         rng = rng if rng is not None else self.rng(index)
+        if self.sampler is not None:
+            return self.sampler(self.lengths[index], rng)
         return sample_views(self.lengths[index], self.clip_len, rng, max_stretch=self.max_stretch, rule=self.rule,
                             consistent_offset=self.consistent_offset)
 
-    @staticmethod
-    def item(views: ClipViews, **inputs: torch.Tensor) -> dict:
+    def item(self, index: int, views: ClipViews, **inputs: torch.Tensor) -> dict:
         """One training item: the views' inputs (frames or cached tokens) and their time fields."""
-        return {**inputs, "steps": torch.from_numpy(views.steps), "masks": torch.from_numpy(views.masks),
+        item = {**inputs, "steps": torch.from_numpy(views.steps), "masks": torch.from_numpy(views.masks),
                 "seq_lens": torch.full((views.indices.shape[0],), views.seq_len, dtype=torch.int64)}
+        if self.labels is not None:
+            labels = np.where(views.masks, self.labels[index][views.indices], -1)  # (V, T)
+            item["labels"] = torch.from_numpy(labels.astype(np.int64))
+        return item
 
 
 class TrainingClips(_Clips):
@@ -57,9 +72,10 @@ class TrainingClips(_Clips):
     cannot be decoded gives {"skipped": reason} instead: training skips it and counts it."""
 
     def __init__(self, videos: VideoDataset, clip_len: int, max_stretch: float, seed: int, rule: str = "whole_video",
-                 consistent_offset: float = 0.2, augment_here: tuple[int, AugmentConfig] | None = None):
+                 consistent_offset: float = 0.2, augment_here: tuple[int, AugmentConfig] | None = None,
+                 sampler: Sampler | None = None, labels: list[np.ndarray] | None = None):
         super().__init__([record.num_frames for record in videos.records], clip_len, max_stretch, seed, rule,
-                         consistent_offset)
+                         consistent_offset, sampler, labels)
         self.videos = videos
         self.augment_here = augment_here  # (output size, augmentation) for native-resolution frames
 
@@ -72,10 +88,10 @@ class TrainingClips(_Clips):
             return {"skipped": str(error)}
         seed = np.random.default_rng([self.seed, self.epoch, index, 1]).integers(2**63)
         if self.augment_here is None:
-            return self.item(views, frames=torch.from_numpy(frames), augment_seed=torch.tensor(seed))
+            return self.item(index, views, frames=torch.from_numpy(frames), augment_seed=torch.tensor(seed))
         size, augment = self.augment_here
         views_here = augment_views(torch.from_numpy(frames), torch.Generator().manual_seed(int(seed)), size, augment)
-        return self.item(views, views=views_here)
+        return self.item(index, views, views=views_here)
 
 
 class CachedTrainingClips(_Clips):
@@ -88,9 +104,10 @@ class CachedTrainingClips(_Clips):
     """
 
     def __init__(self, cache: FeatureCache, split: str, clip_len: int, max_stretch: float, seed: int,
-                 rule: str = "whole_video", consistent_offset: float = 0.2, augmented: bool = True):
+                 rule: str = "whole_video", consistent_offset: float = 0.2, augmented: bool = True,
+                 sampler: Sampler | None = None, labels: list[np.ndarray] | None = None):
         super().__init__([video.num_frames for video in cache.records(split)], clip_len, max_stretch, seed, rule,
-                         consistent_offset)
+                         consistent_offset, sampler, labels)
         self.cache = cache
         self.split = split
         self.num_copies = cache.num_copies if augmented and split == AUGMENTED_SPLIT else 0
@@ -108,7 +125,7 @@ class CachedTrainingClips(_Clips):
         copies = self._draw_copies(rng, len(views.indices))
         patches, cls = zip(*(self.cache.features(self.split, index, indices, int(copy))
                              for indices, copy in zip(views.indices, copies)))
-        return self.item(views, patches=torch.stack(patches), cls=torch.stack(cls))  # (2, T, P, C), (2, T, C_cls)
+        return self.item(index, views, patches=torch.stack(patches), cls=torch.stack(cls))  # (2, T, P, C), (2, T, C_cls)
 
 
 def augment_batch(frames: torch.Tensor, seeds: torch.Tensor, out_size: int, augment: AugmentConfig,

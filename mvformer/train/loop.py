@@ -37,11 +37,16 @@ from mvformer.data.transforms import normalize
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.embed import EvaluationSet, check_scorable, embed_split, evaluation_sets, score_sets
 from mvformer.features.cache import FeatureCache, open_feature_cache
+from mvformer.data.objective_sampling import sample_tcn_pairs, sample_uniform_views
+from mvformer.losses.classification import FrameClassifier, frame_classification_loss
 from mvformer.losses.scl import sequence_contrastive_loss
+from mvformer.losses.tcc import tcc_loss
+from mvformer.losses.tcn import tcn_loss
 from mvformer.model.mvformer import MVFormer, build_model
 from mvformer.progress import note, progress_bar, silent
 from mvformer.runtime import random_states, resolve_device, restore_random_states, seed_everything
-from mvformer.train.clips import CachedTrainingClips, TrainingClips, augment_batch, collate_clips, epoch_batches
+from mvformer.train.clips import (CachedTrainingClips, Sampler, TrainingClips, augment_batch, collate_clips,
+                                  epoch_batches)
 from mvformer.train.distributed import (
     Ranks,
     any_rank,
@@ -76,6 +81,7 @@ class _Run:
     checkpoint_path: Path
     say: Callable[[str], None]
     scaler: torch.amp.GradScaler | None = None
+    classifier: FrameClassifier | None = None  # the supervised objective's linear layer
     eval_sets: list[EvaluationSet] | None = None
     cache: FeatureCache | None = None
     clips: TrainingClips | CachedTrainingClips | None = None
@@ -102,21 +108,46 @@ def learning_rate_factor(epoch: int, cfg: TrainConfig) -> float:
 
 
 class _TrainStep(nn.Module):
-    """The differentiable part of one step, as one module so that DDP can wrap it: batch -> projected embeddings."""
+    """The differentiable part of one step, as one module so that DDP can wrap it: batch -> what the objective
+    compares. SCL: projected, L2-normalised embeddings; TCN: L2-normalised embeddings; TCC: the head's raw
+    embeddings; classification: frame logits of a linear layer on them (published L2_NORMALIZE / PROJECTION)."""
 
-    def __init__(self, model: MVFormer):
+    def __init__(self, model: MVFormer, objective: str, classifier: FrameClassifier | None = None):
         super().__init__()
         self.model = model
+        self.objective = objective
+        self.classifier = classifier
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """batch["frames"] normalised (B, 2, T, 3, S, S) or cached batch["patches"], batch["cls"]."""
-        masks = batch["masks"].flatten(0, 1)  # (B * 2, T)
+        """batch["frames"] normalised (B, V, T, 3, S, S) or cached batch["patches"], batch["cls"] -> (B, V, T, E)."""
+        masks = batch["masks"].flatten(0, 1)  # (B * V, T)
+        options = {"project": self.objective == "scl", "normalize": self.objective in ("scl", "tcn")}
         if "patches" in batch:  # float16 tokens read from the feature cache
             embs = self.model.embed_features(batch["patches"].flatten(0, 1).float(),
-                                             batch["cls"].flatten(0, 1).float(), masks, project=True)
+                                             batch["cls"].flatten(0, 1).float(), masks, **options)
         else:
-            embs = self.model(batch["frames"].flatten(0, 1), masks, project=True)
-        return embs.view(*batch["masks"].shape, -1)  # (B, 2, T, E)
+            embs = self.model(batch["frames"].flatten(0, 1), masks, **options)
+        embs = embs.view(*batch["masks"].shape, -1)  # (B, V, T, E)
+        return self.classifier(embs) if self.classifier is not None else embs
+
+
+def _objective_loss(run: _Run, outputs: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The configured objective's loss on this rank's share, and the weight of that share in the global batch
+    (valid frames for SCL and TCC, videos holding a real anchor-positive pair for TCN, labelled frames for the
+    supervised objective), so that DDP's gradient average is the global batch's gradient."""
+    config, masks = run.config, batch["masks"].bool()
+    objective = config.train.objective
+    if objective == "scl":
+        loss = sequence_contrastive_loss(outputs, batch["steps"], batch["seq_lens"], masks, config.loss.temperature,
+                                         config.loss.variance)
+        return loss, masks.sum()
+    if objective == "tcc":
+        return tcc_loss(outputs, batch["steps"], batch["seq_lens"], masks, config.tcc), masks.sum()
+    if objective == "tcn":
+        pairs = (masks[..., 0::2] & masks[..., 1::2]).flatten(1).any(dim=1)  # (B,): a video with a real pair
+        return tcn_loss(outputs, masks, config.tcn), pairs.sum()
+    labels = batch["labels"]
+    return frame_classification_loss(outputs, labels, masks), (masks & (labels >= 0)).sum()
 
 
 def _open_data(config: Config, train_set: VideoDataset | None, val_set: VideoDataset | None,
@@ -204,6 +235,8 @@ def _start(run: _Run, resume: bool) -> tuple[int, int, list[float]]:
         run.optimizer.load_state_dict(state["optimizer"])
         if run.scaler is not None and state.get("scaler"):
             run.scaler.load_state_dict(state["scaler"])
+        if run.classifier is not None:
+            run.classifier.load_state_dict(state["objective_head"])
         restore_random_states(state["random_states"][ranks.rank])
         run.counters.update(state["counters"])
         start = (state["epoch"], state["step"], list(state["epoch_losses"]))
@@ -229,11 +262,42 @@ def _open_clips(run: _Run) -> None:
                                    note=run.say)
     clip_args = (config.data.clip_len, config.data.max_stretch, config.train.seed, config.data.sampling,
                  config.data.consistent_offset)
+    sampling = {"sampler": _objective_sampler(config),
+                "labels": [r.labels for r in run.train_set.records] if run.classifier is not None else None}
     if run.cache is not None:
-        run.clips = CachedTrainingClips(run.cache, "train", *clip_args, augmented=config.data.augment.enabled)
+        run.clips = CachedTrainingClips(run.cache, "train", *clip_args, augmented=config.data.augment.enabled,
+                                        **sampling)
     else:
         native = (config.data.image_size, config.data.augment) if config.data.decode_size is None else None
-        run.clips = TrainingClips(run.train_set, *clip_args, augment_here=native)
+        run.clips = TrainingClips(run.train_set, *clip_args, augment_here=native, **sampling)
+
+
+def _objective_sampler(config: Config) -> Sampler | None:
+    """The frames each objective trains on (published): SCL two time-augmented views (None: the default);
+    TCC and the supervised baseline one view of clip_len sorted distinct frames; TCN clip_len / 2 anchor-positive
+    pairs, each positive 1..positive_window frames before its anchor."""
+    objective, clip_len = config.train.objective, config.data.clip_len
+    if objective in ("tcc", "classification"):
+        return lambda length, rng: sample_uniform_views(length, clip_len, rng)
+    if objective == "tcn":
+        return lambda length, rng: sample_tcn_pairs(length, clip_len, rng, config.tcn.positive_window)
+    return None
+
+
+def _objective_head(config: Config, train_set: VideoDataset, ranks: Ranks) -> FrameClassifier | None:
+    """The supervised objective's classifier over the training set's phases; checks what each objective needs."""
+    objective = config.train.objective
+    if objective == "tcc" and config.train.batch_size // ranks.world_size < 2:
+        raise MVFormerError(f"train.objective tcc aligns the videos of a batch: train.batch_size "
+                            f"({config.train.batch_size}) must give every process at least 2 videos")
+    if objective == "tcn" and config.data.clip_len % 2:
+        raise MVFormerError(f"train.objective tcn draws anchor-positive pairs: data.clip_len "
+                            f"({config.data.clip_len}) must be even")
+    if objective != "classification":
+        return None
+    if not train_set.labelled or train_set.num_classes is None:
+        raise MVFormerError(f"{train_set.root}: train.objective classification needs frame labels in the train split")
+    return FrameClassifier(config.model.embedding_size, train_set.num_classes, config.classification.dropout)
 
 
 def _evaluate(run: _Run) -> dict | None:
@@ -264,7 +328,8 @@ def _checkpoint(run: _Run, epoch: int, step: int, epoch_losses: list[float], whe
              "world_size": run.ranks.world_size, "model": run.model.trainable_state_dict(),
              "optimizer": run.optimizer.state_dict(), "random_states": gather_objects(random_states(), run.ranks),
              "counters": dict(run.counters), "epoch_losses": list(epoch_losses),
-             "scaler": run.scaler.state_dict() if run.scaler is not None else {}}
+             "scaler": run.scaler.state_dict() if run.scaler is not None else {},
+             "objective_head": run.classifier.state_dict() if run.classifier is not None else {}}
     if run.ranks.is_main:
         save_checkpoint(run.checkpoint_path, state)
 
@@ -284,19 +349,17 @@ def _step(run: _Run, batch: dict, autocast: torch.autocast) -> tuple[float, bool
     statistics = {name: buffer.clone() for name, buffer in model.named_buffers() if "running_" in name
                   or name.endswith("num_batches_tracked")}
     with autocast:
-        embs = run.step_module(batch).float()  # (b, 2, T, E)
-    loss = sequence_contrastive_loss(embs, batch["steps"], batch["seq_lens"], batch["masks"],
-                                     config.loss.temperature, config.loss.variance)
-    # Every rank's loss is weighted by its share of the global batch's valid frames, so DDP's gradient average
-    # equals the gradient of the loss over the whole global batch.
-    valid = batch["masks"].sum()
-    all_valid = sum_over_ranks(valid)
+        outputs = run.step_module(batch).float()  # (b, V, T, E), or frame logits (b, V, T, C)
+    loss, valid = _objective_loss(run, outputs, batch)
+    # Every rank's loss is weighted by its share of the global batch (valid frames for SCL), so DDP's gradient
+    # average equals the gradient of the loss over the whole global batch.
+    all_valid = sum_over_ranks(valid).clamp_min(1)
     run.optimizer.zero_grad(set_to_none=True)
     scaled = loss * valid / all_valid * run.ranks.world_size
     (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.step_module.parameters(), config.train.grad_clip)
     global_loss = float(sum_over_ranks((loss * valid).detach()) / all_valid)
     finite = not any_rank(not (math.isfinite(global_loss) and torch.isfinite(grad_norm)), device)
     if finite:
@@ -394,10 +457,15 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
     model = build_model(config, backbone).to(device)
     if ranks.distributed:
         synchronise_batch_norm(model, device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                 lr=config.train.lr, weight_decay=config.train.weight_decay)
+    classifier = _objective_head(config, train_set, ranks)
+    if classifier is not None:
+        classifier.to(device)
+    trainable = [p for module in (model, classifier) if module is not None for p in module.parameters()
+                 if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if config.train.precision == "fp16" else None
-    run = _Run(config, ranks, device, model, optimizer, train_set, val_set, run_dir / CHECKPOINT_NAME, say, scaler)
+    run = _Run(config, ranks, device, model, optimizer, train_set, val_set, run_dir / CHECKPOINT_NAME, say, scaler,
+               classifier)
     if run.scorable:
         run.eval_sets = _evaluation_sets(run)
     with _locked(run_dir, ranks.is_main):
@@ -411,9 +479,10 @@ def _train_epochs(run: _Run, start_epoch: int, start_step: int, epoch_losses: li
     """Every epoch from (start_epoch, start_step) on: train, checkpoint, log, evaluate; returns the last metrics."""
     config, ranks = run.config, run.ranks
     _open_clips(run)
-    run.step_module = _TrainStep(run.model)
-    if ranks.distributed:
-        run.step_module = DistributedDataParallel(run.step_module, find_unused_parameters=config.model.zero_visual_input)
+    run.step_module = _TrainStep(run.model, config.train.objective, run.classifier)
+    if ranks.distributed:  # only SCL uses the projection head; a zeroed visual input leaves the pooling unused
+        unused = config.model.zero_visual_input or config.train.objective != "scl"
+        run.step_module = DistributedDataParallel(run.step_module, find_unused_parameters=unused)
     autocast = _autocast(config, run.device)
     epochs, steps_per_epoch = config.train.epochs, len(run.train_set) // config.train.batch_size
     bar = progress_bar(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch + start_step,

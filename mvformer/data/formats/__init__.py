@@ -99,7 +99,8 @@ class DatasetFormat:
 
     def read(self, root: str | Path, split: str, subset: str | None = None) -> SplitRecords:
         """The videos of one split, each inside the root, counted and checked against its labels (slow part: one
-        index per video). An empty split, or one whose videos were all left out, is an error."""
+        index per video). A split whose videos were all left out is an error (each reader refuses an empty file);
+        a subset may leave a split empty."""
         root, subset = check_root(root), self.check_subset(subset)
         entries, skipped = self.entries(root, split, subset)
         sources: dict[str, str] = {}
@@ -128,10 +129,10 @@ class DatasetFormat:
                                     f"{num_frames} frames")
             records.append(VideoRecord(entry.name, entry.path, num_frames, entry.labels))
             groups.append(entry.group)
-        if not records:
-            left_out = f"; all {len(skipped)} left out, e.g. {skipped[0][0]} ({skipped[0][1]})" if skipped else ""
-            subset_text = f" of subset {subset}" if subset is not None else ""
-            raise MVFormerError(f"{root}: split {split}{subset_text} holds no readable videos{left_out}")
+        if skipped and not records:
+            path, reason = skipped[0]
+            raise MVFormerError(f"{root}: split {split} holds no readable videos: all {len(skipped)} were left out, "
+                                f"e.g. {path} ({reason})")
         return SplitRecords(records, self.num_classes(subset), skipped, groups)
 
 

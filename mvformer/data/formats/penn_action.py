@@ -9,14 +9,7 @@ import numpy as np
 import scipy.io
 
 from mvformer.data.datasets import inside_root
-from mvformer.data.formats.records import (
-    Entry,
-    Skipped,
-    as_count,
-    as_labels,
-    load_pickle,
-    record_entries,
-)
+from mvformer.data.formats.records import Entry, Skipped, as_count, as_labels, load_pickle, record_entries
 from mvformer.errors import MVFormerError
 
 PENN_ACTION_PHASES = {

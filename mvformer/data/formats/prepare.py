@@ -175,7 +175,10 @@ def prepare(format: str, src: str | Path, dest: str | Path, subset: str | None =
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise MVFormerError(f"{dest}: exists and is not a folder")
-    source, target = src.resolve(), dest.resolve()
+    try:
+        source, target = src.resolve(), dest.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        raise MVFormerError(f"{dest}: cannot be resolved (symbolic link loop?)") from None
     if target.is_relative_to(source) or source.is_relative_to(target):
         raise MVFormerError(f"{dest}: the destination must lie outside the source {src} and must not hold it")
     split_names = dataset_format.splits(src, subset)
