@@ -69,14 +69,21 @@ def _cmd_evaluate(args) -> None:
 
 def _cmd_evaluate_embeddings(args) -> None:
     from mvformer.evaluation.embeddings_io import format_table, score_files
+    from mvformer.evaluation.time_only import no_gain_line, time_only_files
     from mvformer.files import check_outputs, write_text
+    from mvformer.progress import note
     if args.json:
         check_outputs([args.json], args.overwrite, inputs=args.files)
         if not Path(args.json).parent.is_dir():
             raise MVFormerError(f"{args.json}: the folder to write it in does not exist")
-    result = score_files(args.files, stride=args.stride, fractions=args.fractions, ks=args.ks, tasks=args.tasks,
-                         classifier=args.classifier, num_classes=args.num_classes)
-    print(format_table(result))
+    options = {"stride": args.stride, "fractions": args.fractions, "ks": args.ks, "tasks": args.tasks,
+               "classifier": args.classifier, "num_classes": args.num_classes}
+    result = score_files(args.files, **options)
+    result["time_only"] = time_only_files(args.files, **options)
+    print(format_table(result, {"time only": result["time_only"]["mean"]}))
+    line = no_gain_line(result["mean"], result["time_only"]["mean"])
+    if line:
+        note(line)
     if args.json:
         write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
@@ -247,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = add(name, handler, help_text)
         sub.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="checkpoint.pt or a run folder holding one")
         sub.add_argument("--frames", choices=("squash", "crop"), default="squash",
-                         help="fit frames to the model's square input by squashing (as training does; default) or "
+                         help="fit frames to the model's square input as its training data was (default: "
+                              "squashed, or for a data.frames native model its central square at native size) or "
                               "by a centre crop")
         sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         sub.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")

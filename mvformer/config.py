@@ -34,6 +34,7 @@ FrameMode = Literal["squash", "native"]
 Device = Literal["auto", "cpu", "cuda"]
 Classifier = Literal["logistic", "sgd-linear"]
 Objective = Literal["scl", "tcc", "tcn", "classification"]
+Task = Literal["classification", "progression", "kendalls_tau", "retrieval"]
 TCCLoss = Literal["regression_mse_var", "regression_mse", "regression_huber", "classification"]
 TCCSimilarity = Literal["l2", "cosine"]
 
@@ -223,6 +224,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10, 15])
     classifier: Classifier = "logistic"  # phase-classification probe (sgd-linear: FineGym)
     frames_per_batch: int = 1000  # a longer video goes through the temporal encoder as equal chunks of at most this
+    tasks: list[Task] = field(default_factory=lambda: ["classification", "progression", "kendalls_tau", "retrieval"])
 
 
 @dataclass
@@ -271,7 +273,7 @@ RANGES = {
     "eval.stride": (1, 100_000), "eval.fractions": (1e-9, 1.0), "eval.ks": (1, 100_000),
     "eval.frames_per_batch": (2, 10_000_000), "classification.dropout": (0.0, 0.99),
 }
-NON_EMPTY = ("backbone.blocks", "eval.fractions", "eval.ks")
+NON_EMPTY = ("backbone.blocks", "eval.fractions", "eval.ks", "eval.tasks")
 NON_EMPTY_TEXT = ("name", "train.output_dir")
 
 
@@ -350,6 +352,8 @@ def _validate(config: Config, source: str) -> None:
     _check_ranges(flatten_tree(config.to_dict()), source)
     if len(set(config.backbone.blocks)) != len(config.backbone.blocks):
         raise MVFormerError(f"{source}: 'backbone.blocks' lists a block twice: {config.backbone.blocks}")
+    if not config.eval.tasks:
+        raise MVFormerError(f"{source}: 'eval.tasks' must name at least one metric")
     if len(set(config.eval.ks)) != len(config.eval.ks) or len(set(config.eval.fractions)) != len(config.eval.fractions):
         raise MVFormerError(f"{source}: 'eval.ks' and 'eval.fractions' must not repeat a value")
     if config.model.hidden_size % config.model.num_heads:

@@ -173,7 +173,8 @@ def display_frames(path: Path, indices: np.ndarray, height: int) -> np.ndarray:
 def _decode_size(model: MVFormer, frames: str) -> int | None:
     if frames not in FRAME_MODES:
         raise MVFormerError(f"frames {frames!r}: choose one of {', '.join(FRAME_MODES)}")
-    return model.config.data.image_size if frames == "squash" else None
+    # A model trained on native frames (data.frames native) is fed as it was evaluated: native size, central crop.
+    return model.image_size if frames == "squash" and model.frame_mode == "squash" else None
 
 
 def _check_length(path: Path, num_frames: int) -> None:

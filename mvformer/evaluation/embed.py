@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mvformer.config import Config, EvalConfig
-from mvformer.data.datasets import VideoDataset, is_generic_root
+from mvformer.data.datasets import VideoDataset, check_scorable_pair, is_generic_root
 from mvformer.data.formats import open_dataset, penn_action_actions
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.metrics import evaluate_embeddings, mean_of_metrics
@@ -98,18 +98,16 @@ def evaluation_sets(config: Config, roots: Sequence[str | Path] | None = None,
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise MVFormerError(f"dataset folders must have different names to be reported apart: {', '.join(names)}")
-    for dataset in (d for s in sets for d in (s.train, s.val)):
-        check_scorable(dataset)
+    for dataset in sets:
+        check_scorable(dataset, config.eval)
     return sets
 
 
-def check_scorable(dataset: VideoDataset) -> None:
-    """Refuse, before any long work, a split that cannot be scored: no labels, or no labelled frame at all."""
-    if dataset.num_classes is None or not dataset.labelled:
-        raise MVFormerError(f"{dataset.root}: the {dataset.split} split has no frame labels, so it cannot be scored")
-    if not any((record.labels >= 0).any() for record in dataset.records):
-        raise MVFormerError(f"{dataset.root}: every frame of the {dataset.split} split is unlabelled (-1), so it "
-                            f"cannot be scored")
+def check_scorable(dataset: EvaluationSet, cfg: EvalConfig) -> None:
+    """Refuse, before any long work, a set the protocol metrics could not score (no labels, no labelled frame in
+    the fewest videos a probe is fitted on, a phase progression needs missing from a video, unknown val labels)."""
+    leading = max(1, int(min(cfg.fractions) * len(dataset.train)))
+    check_scorable_pair(dataset.train, dataset.val, leading, progression="progression" in cfg.tasks)
 
 
 def score_sets(sets: Sequence[EvaluationSet], embeddings: Sequence[tuple[list[np.ndarray], list[np.ndarray]]],
@@ -122,7 +120,7 @@ def score_sets(sets: Sequence[EvaluationSet], embeddings: Sequence[tuple[list[np
             datasets[dataset.name] = evaluate_embeddings(
                 train_embs, [r.labels for r in dataset.train.records], val_embs, [r.labels for r in dataset.val.records],
                 num_classes=dataset.train.num_classes, fractions=tuple(cfg.fractions), ks=tuple(cfg.ks),
-                stride=cfg.stride, classifier=cfg.classifier)
+                stride=cfg.stride, tasks=tuple(cfg.tasks), classifier=cfg.classifier)
         except MVFormerError as error:
             raise MVFormerError(f"{dataset.train.root}: {error}") from None
     return {"datasets": datasets, "mean": mean_of_metrics(list(datasets.values()))}
@@ -132,8 +130,7 @@ def evaluate_model(model: MVFormer, train_set: VideoDataset, val_set: VideoDatas
                    device: torch.device) -> dict:
     """Embed both splits with `model` and score them (the metrics of this one dataset)."""
     dataset = EvaluationSet("data", train_set, val_set)
-    check_scorable(train_set)
-    check_scorable(val_set)
+    check_scorable(dataset, cfg)
     embeddings = [(embed_split(model, train_set, device, split="train", desc="embedding train"),
                    embed_split(model, val_set, device, split="val", desc="embedding val"))]
     return score_sets([dataset], embeddings, cfg)["mean"]

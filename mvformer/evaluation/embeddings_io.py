@@ -271,9 +271,10 @@ def score_files(
     return {"datasets": datasets, "mean": mean}
 
 
-def format_table(result: dict) -> str:
-    """`score_files`'s result as aligned text: one row per dataset and a final `mean` row, one column per metric."""
-    rows = {**result["datasets"], "mean": result["mean"]}
+def format_table(result: dict, extra_rows: dict[str, dict] | None = None) -> str:
+    """`score_files`'s result as aligned text: one row per dataset, a `mean` row, then `extra_rows` (such as the
+    time-only control), one column per metric."""
+    rows = {**result["datasets"], "mean": result["mean"], **(extra_rows or {})}
     columns = {}  # column title -> (metric, key or None)
     for task, value in result["mean"].items():
         for key in value if isinstance(value, dict) else [None]:

@@ -16,9 +16,13 @@ from mvformer.checkpoint import load_model
 from mvformer.data.datasets import VideoDataset
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.embed import EvaluationSet, embed_split, evaluation_sets, score_sets
+from mvformer.evaluation.metrics import mean_of_metrics
+from mvformer.evaluation.spread import embedding_spread, health_record, warning_line
+from mvformer.evaluation.time_only import no_gain_line, time_only_metrics
 from mvformer.evaluation.embeddings_io import format_table
 from mvformer.features.cache import open_feature_cache
 from mvformer.model.mvformer import MVFormer
+from mvformer.progress import note
 from mvformer.viz import plot_alignment
 
 
@@ -53,6 +57,33 @@ def _embed_set(model: MVFormer, dataset: EvaluationSet, device) -> tuple[list, l
                  for split, split_set in (("train", dataset.train), ("val", dataset.val)))
 
 
+def score_with_controls(sets: list[EvaluationSet], embedded: list[tuple[list, list]], model: MVFormer,
+                        say=note) -> dict:
+    """`score_sets` plus what a sceptical reader asks next, for training and `evaluate` alike: the time-only row
+    (the same videos embedded by relative time alone through the model's sinusoidal code, no training) and each
+    set's spread (a collapsed embedding is flagged and the metrics it makes meaningless are marked); warnings go
+    to `say`, one line each."""
+    cfg = model.config.eval
+    result = score_sets(sets, embedded, cfg)
+    time_only = {dataset.name: time_only_metrics(
+        [r.labels for r in dataset.train.records], [r.labels for r in dataset.val.records], dataset.train.num_classes,
+        model.config.model.hidden_size, model.config.data.clip_len, cfg.fractions, cfg.ks, cfg.stride, cfg.tasks,
+        cfg.classifier) for dataset in sets}
+    result["time_only"] = {"datasets": time_only, "mean": mean_of_metrics(list(time_only.values()))}
+    result["health"] = {}
+    for dataset, (train_embs, val_embs) in zip(sets, embedded):
+        spread = embedding_spread(train_embs + val_embs)
+        result["health"][dataset.name] = health_record(result["datasets"][dataset.name], spread)
+        line = warning_line(spread, result["health"][dataset.name]["unreliable"])
+        if line:
+            say(f"{dataset.name}: {line}")
+    result["collapsed"] = any(health["collapsed"] for health in result["health"].values())
+    line = no_gain_line(result["mean"], result["time_only"]["mean"])
+    if line:
+        say(line)
+    return result
+
+
 def _output_folder(checkpoint: str, out_dir: str | None, overwrite: bool) -> Path:
     source = Path(checkpoint)
     out = Path(out_dir) if out_dir else (source if source.is_dir() else source.parent) / "eval"
@@ -75,7 +106,7 @@ def evaluate_checkpoint(checkpoint: str, data_roots: list[str] | None = None, ou
     config = model.config
     sets = evaluation_sets(config, data_roots)
     embedded = [_embed_set(model, dataset, device) for dataset in sets]
-    metrics = score_sets(sets, embedded, config.eval)
+    metrics = score_with_controls(sets, embedded, model)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -92,4 +123,4 @@ def evaluate_checkpoint(checkpoint: str, data_roots: list[str] | None = None, ou
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return EvaluationReport(metrics, out, format_table(metrics))
+    return EvaluationReport(metrics, out, format_table(metrics, {"time only": metrics["time_only"]["mean"]}))

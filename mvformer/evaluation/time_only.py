@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mvformer.config import DataConfig
 from mvformer.evaluation.embeddings_io import dataset_names, load_embeddings
-from mvformer.evaluation.metrics import TASKS, evaluate_embeddings
+from mvformer.evaluation.metrics import TASKS, evaluate_embeddings, mean_of_metrics
 from mvformer.model.mvformer import MVFormer
 from mvformer.model.temporal import sinusoidal_time_encoding
 
@@ -50,13 +50,6 @@ def time_only_metrics(train_labels: Sequence[np.ndarray], val_labels: Sequence[n
                                classifier=classifier)
 
 
-def _mean(values: list):
-    """Mean over datasets of a float, or of each entry of a dict of floats; None where any dataset has None."""
-    if isinstance(values[0], dict):
-        return {key: _mean([value[key] for value in values]) for key in values[0]}
-    return None if any(value is None for value in values) else float(np.mean(values))
-
-
 def time_only_files(paths: Sequence[str | Path], dim: int | None = None, train_len: int = DEFAULT_TRAIN_LEN,
                     stride: int = 1, fractions: Sequence[float] = (0.1, 0.5, 1.0), ks: Sequence[int] = (5, 10, 15),
                     tasks: Sequence[str] | None = None, classifier: str = "logistic",
@@ -70,7 +63,7 @@ def time_only_files(paths: Sequence[str | Path], dim: int | None = None, train_l
         classes = num_classes or int(max(labels.max() for labels in train_labels + val_labels)) + 1
         datasets[name] = time_only_metrics(train_labels, val_labels, classes, dim or train_embs[0].shape[1],
                                            train_len, fractions, ks, stride, tasks or TASKS, classifier)
-    mean = {task: _mean([scores[task] for scores in datasets.values()]) for task in next(iter(datasets.values()))}
+    mean = {task: mean_of_metrics([scores[task] for scores in datasets.values()]) for task in next(iter(datasets.values()))}
     return {"datasets": datasets, "mean": mean}
 
 

@@ -18,7 +18,7 @@ import torch
 from mvformer.config import AugmentConfig, Config
 from mvformer.data.datasets import VideoDataset, check_generic_root, check_root, has_generic_split
 from mvformer.data.formats import open_dataset
-from mvformer.data.transforms import augment_views, normalize
+from mvformer.data.transforms import augment_views, normalize, prepare_frames
 from mvformer.errors import MVFormerError
 from mvformer.features.cache import (
     AUGMENTED_SPLIT,
@@ -72,16 +72,18 @@ def copy_generator(seed: int, video_index: int, copy: int) -> torch.Generator:
 
 
 def copy_frames(frames: np.ndarray, copy: int, backbone: FrozenBackbone, augment: AugmentConfig | None, seed: int,
-                video_index: int, device: torch.device | str = "cpu") -> torch.Tensor:
+                video_index: int, device: torch.device | str = "cpu", mode: str = "squash") -> torch.Tensor:
     """uint8 frames (L, H, W, 3) -> normalised (L, 3, S, S) of one cached copy.
 
-    Copy 0 is exactly `prepare_frames` (centre crop, resize); copy k >= 1 is one `augment_views` draw
-    (one view: the same crop, flip and colours on every frame) from `copy_generator(seed, video_index, k)`.
+    Copy 0 is exactly `prepare_frames` (the evaluation view under the config's frame mode); copy k >= 1 is one
+    `augment_views` draw (one view: the same crop, flip and colours on every frame) from
+    `copy_generator(seed, video_index, k)`.
     """
-    video = torch.from_numpy(frames)[None].to(device)  # (1, L, H, W, 3)
-    generator = copy_generator(seed, video_index, copy) if copy else None
-    views = augment_views(video, generator, backbone.image_size, augment if copy else None)  # (1, L, 3, S, S)
-    return normalize(views[0], backbone.mean, backbone.std)
+    video = torch.from_numpy(frames).to(device)  # (L, H, W, 3)
+    if not copy:
+        return prepare_frames(video, backbone.image_size, backbone.mean, backbone.std, mode)
+    views = augment_views(video[None], copy_generator(seed, video_index, copy), backbone.image_size, augment)
+    return normalize(views[0], backbone.mean, backbone.std)  # (L, 3, S, S)
 
 
 def _split_layout(dataset: VideoDataset, chunk_frames: int, copies: int) -> dict:
@@ -105,8 +107,9 @@ def _fresh_manifest(config: Config, backbone: FrozenBackbone, copies: int, chunk
         "num_patches": backbone.num_patches,
         "dtype": "float16",
         "preprocessing": {
-            "decode": f"every frame squashed to {identity['image_size']}x{identity['image_size']} by the decoder",
-            "copy0": "mvformer.evaluation.embed.prepare_frames: centre square crop, resize, backbone mean/std",
+            "decode": (f"every frame squashed to {identity['image_size']}x{identity['image_size']} by the decoder"
+                       if identity["frames"] == "squash" else "every frame at its native size"),
+            "copy0": "mvformer.data.transforms.prepare_frames under data.frames, backbone mean/std",
             "copies": "mvformer.data.augment.augment_views(one view per video, augment, "
                       "mvformer.features.copy_generator(seed, video index, copy)), backbone mean/std",
             "augment": plain_augment(config.data.augment),
@@ -226,7 +229,7 @@ def _fill_split(folder: Path, manifest: dict, split: str, dataset: VideoDataset,
                     # depends on its generator and the frame size only, so every slice gets the same one.
                     for start in range(0, len(frames), backbone.chunk_size):
                         inputs = copy_frames(frames[start:start + backbone.chunk_size], copy, backbone, augment, seed,
-                                             index, device)  # (f, 3, S, S)
+                                             index, device, manifest["identity"]["frames"])  # (f, 3, S, S)
                         patches, cls = backbone(inputs)  # (f, P, C), (f, C_cls)
                         patches, cls = patches.half(), cls.half()
                         if not (torch.isfinite(patches).all() and torch.isfinite(cls).all()):
@@ -258,14 +261,14 @@ def _open_splits(config: Config, splits: Sequence[str], note: Callable[[str], No
     """The dataset's `splits` as the cache decodes them; a generic-layout split without a split file is skipped."""
     if config.data.format != "generic":
         return {split: open_dataset(config.data.root, split, config.data.format, config.data.subset,
-                                    size=config.data.image_size) for split in splits}
+                                    size=config.data.decode_size) for split in splits}
     root = check_generic_root(config.data.root)
     present = [split for split in splits if has_generic_split(root, split)]
     for split in sorted(set(splits) - set(present)):
         note(f"{root}: no splits/{split}.txt, so split {split} is not cached")
     if not present:
         raise MVFormerError(f"{root}: none of the splits {', '.join(splits)} exists (no splits/SPLIT.txt)")
-    return {split: VideoDataset(root, split, size=config.data.image_size) for split in present}
+    return {split: VideoDataset(root, split, size=config.data.decode_size) for split in present}
 
 
 def _check_cache_folder(folder: Path, data_root: Path) -> None:
@@ -310,9 +313,9 @@ def cache_features(config: Config, out_dir: str | Path | None = None, copies: in
     datasets = _open_splits(config, splits, note) if datasets is None else datasets
     _check_cache_folder(folder, check_root(config.data.root))
     for split, dataset in datasets.items():
-        if dataset.size != config.data.image_size:
+        if dataset.size != config.data.decode_size:
             raise MVFormerError(f"{dataset.root}: split {split} is decoded at size {dataset.size}, the cache needs "
-                                f"data.image_size {config.data.image_size}")
+                                f"size {config.data.decode_size} (data.image_size, data.frames)")
     if device is None:
         device = resolve_device(config.train.device)
     device = torch.device(device)

@@ -35,7 +35,7 @@ from mvformer.errors import MVFormerError
 from mvformer.files import write_text
 from mvformer.progress import note as say
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the published 5 x 9 blur in augmented copies, data.frames in the identity
 MANIFEST_NAME = "manifest.json"
 CACHE_DIR_VARIABLE = "MVFORMER_CACHE_DIR"
 AUGMENTED_SPLIT = "train"  # only training reads augmented copies; other splits store copy 0 alone
@@ -44,7 +44,7 @@ BYTES_PER_VALUE = np.dtype(DTYPE).itemsize
 IDENTITY_NAMES = {  # manifest identity key -> config key
     "data_root": "data.root", "data_format": "data.format", "data_subset": "data.subset",
     "backbone_name": "backbone.name", "backbone_path": "backbone.path", "blocks": "backbone.blocks",
-    "image_size": "data.image_size",
+    "image_size": "data.image_size", "frames": "data.frames",
 }
 
 
@@ -59,6 +59,7 @@ def cache_identity(config: Config) -> dict:
         "backbone_path": str(Path(path).resolve()) if path else None,
         "blocks": list(config.backbone.blocks),
         "image_size": config.data.image_size,
+        "frames": config.data.frames,
     }
 
 

@@ -13,7 +13,6 @@ uses this form). The published TCC trains unnormalised embeddings (L2_NORMALIZE 
 logits span at most 4 / E / temperature (0.31 at E = 128), which leaves the cycle-back nearly uniform.
 """
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,6 @@ anchor/positive pair with a padded frame (a positive before frame 0, an anchor p
 an anchor nor a negative (the published loss ignores masks and so uses clamped duplicate frames).
 """
 
-from dataclasses import dataclass
 
 import torch
 

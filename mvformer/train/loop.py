@@ -35,7 +35,8 @@ from mvformer.data.datasets import VideoDataset
 from mvformer.data.formats import has_split, open_dataset
 from mvformer.data.transforms import normalize
 from mvformer.errors import MVFormerError
-from mvformer.evaluation.embed import EvaluationSet, check_scorable, embed_split, evaluation_sets, score_sets
+from mvformer.evaluation.embed import EvaluationSet, check_scorable, embed_split, evaluation_sets
+from mvformer.evaluation.report import score_with_controls
 from mvformer.features.cache import FeatureCache, open_feature_cache
 from mvformer.data.objective_sampling import sample_tcn_pairs, sample_uniform_views
 from mvformer.losses.classification import FrameClassifier, frame_classification_loss
@@ -174,9 +175,9 @@ def _evaluation_sets(run: _Run) -> list[EvaluationSet]:
     action on its own (PROTOCOL.md), exactly as `mvformer evaluate` does."""
     if run.config.data.format == "penn_action" and run.config.data.subset is None:
         return evaluation_sets(run.config)
-    check_scorable(run.train_set)
-    check_scorable(run.val_set)
-    return [EvaluationSet(Path(run.config.data.root).name or "data", run.train_set, run.val_set)]
+    dataset = EvaluationSet(Path(run.config.data.root).name or "data", run.train_set, run.val_set)
+    check_scorable(dataset, run.config.eval)
+    return [dataset]
 
 
 @contextmanager
@@ -315,7 +316,7 @@ def _evaluate(run: _Run) -> dict | None:
         embedded.append(tuple(splits))
     if not ranks.is_main:
         return None
-    return score_sets(run.eval_sets, embedded, run.config.eval)
+    return score_with_controls(run.eval_sets, embedded, run.model, run.say)
 
 
 def _checkpoint(run: _Run, epoch: int, step: int, epoch_losses: list[float], where: str) -> None:
@@ -504,7 +505,8 @@ def _train_epochs(run: _Run, start_epoch: int, start_step: int, epoch_losses: li
             final_metrics = scores["mean"] if scores is not None else None
             if run.log is not None:
                 per_dataset = {"eval_datasets": scores["datasets"]} if len(scores["datasets"]) > 1 else {}
-                run.log.write({"epoch": epoch, "eval": final_metrics, **per_dataset})
+                run.log.write({"epoch": epoch, "eval": final_metrics, "time_only": scores["time_only"]["mean"],
+                               "collapsed": scores["collapsed"], "health": scores["health"], **per_dataset})
     bar.close()
     if run.log is not None:
         run.log.close()
