@@ -10,6 +10,7 @@ from mvformer.cli import build_parser, main
 from mvformer.config import load_config
 from mvformer.evaluation import metrics
 from mvformer.evaluation.embeddings_io import score_files
+from mvformer.evaluation.time_only import time_only_files
 from mvformer.evaluation.metrics import CLASSIFIERS, TASKS, classification_accuracy, evaluate_embeddings
 from mvformer.evaluation.probes import predict_classes, train_sgd_linear_probe
 
@@ -68,11 +69,12 @@ def test_json_equals_evaluate_embeddings_called_directly(tmp_path, capsys):
     assert status == 0 and err == ""
     expected = evaluate_embeddings(*dataset, num_classes=NUM_CLASSES, fractions=(0.5, 1.0), ks=(2, 5), stride=2)
     written = json.loads(out.read_text())
-    assert written == {"datasets": {"pour": expected}, "mean": expected}
+    assert {key: written[key] for key in ("datasets", "mean")} == {"datasets": {"pour": expected}, "mean": expected}
+    assert written["time_only"] == time_only_files([path], stride=2, ks=(2, 5), fractions=(0.5, 1.0))
     assert set(expected["classification"]) == {"0.5", "1.0"} and set(expected["retrieval"]) == {"2", "5"}
     table = stdout.splitlines()
     assert table[0].split() == ["dataset", "class@0.5", "class@1.0", "prog@0.5", "prog@1.0", "tau", "AP@2", "AP@5"]
-    assert [line.split()[0] for line in table[1:3]] == ["pour", "mean"]
+    assert [line.split()[0] for line in table[1:4]] == ["pour", "mean", "time"]  # the time-only control row
     assert float(table[1].split()[5]) == pytest.approx(expected["kendalls_tau"], abs=1e-4)
 
 
