@@ -104,6 +104,14 @@ def check_not_input(path: str | Path, inputs: Sequence[str | Path]) -> None:
             raise MVFormerError(f"{path}: lies inside the input folder {source}; write the output somewhere else")
 
 
+def check_apart(output: str | Path, source: str | Path, what: str, source_what: str) -> None:
+    """Refuse an output folder that is `source`, lies inside it or holds it (an output never overlaps an input);
+    `what` and `source_what` name the two in the message."""
+    target, origin = _resolved(Path(output)), _resolved(Path(source))
+    if target.is_relative_to(origin) or origin.is_relative_to(target):
+        raise MVFormerError(f"{output}: {what} must lie outside {source_what} {source} and must not hold it")
+
+
 def _check_writable_place(path: Path) -> None:
     """Refuse a path whose nearest existing folder above it is a file."""
     above = next((parent for parent in path.parents if parent.exists()), None)

@@ -217,6 +217,34 @@ def _video_figure(index: int, name: str, reference: bool) -> str:
             f'</figcaption></figure>')
 
 
+def _page(model, source: Path, run_dir: Path, warnings: list, metrics: dict, names: list[str], last_frame: int,
+          frame: int, has_curve: bool, has_attention: bool, spread, data: dict) -> str:
+    """index.html: the page template filled in (text and markup only; the data rides along as JSON)."""
+    return Template(_asset("index.html")).substitute(
+        title=html.escape(f"mvformer report: {model.config.name}"),
+        subtitle=html.escape(f"{source.resolve()} · backbone {model.config.backbone.name}, pooling "
+                             f"{model.config.model.pooling}, time encoding {model.config.model.time_encoding}"),
+        warning="".join(f'<p class="warning">{html.escape(line)}</p>' for line in warnings if line),
+        metrics=metrics_table(metrics),
+        last_frame=last_frame,
+        videos="\n    ".join(_video_figure(i, name, i == 0) for i, name in enumerate(names)),
+        retrieval=(f'<p class="hint">Reference frame {frame} of {html.escape(names[0])} and its nearest frames in '
+                   f'the other videos (squared distance of normalised embeddings).</p>'
+                   f'<img class="figure" src="retrieval.png" alt="retrieval sheet">'),
+        curves=('<img class="figure" src="training_curves.png" alt="training curves">' if has_curve else
+                f'<p class="note">No training log ({html.escape(str(run_dir / METRICS_NAME))}).</p>'),
+        attention=('<p class="hint">Where each entity token of the pooling looks in the reference video.</p>'
+                   '<img class="figure" src="attention/attention_strip.png" alt="attention strip">'
+                   '<video class="figure" id="attention-video" src="attention/attention.mp4" controls loop muted '
+                   'playsinline preload="auto"></video>' if has_attention else
+                   f'<p class="note">The model pools with {html.escape(model.config.model.pooling)!s}, which has '
+                   f'no spatial attention to show.</p>'),
+        footer=html.escape(f"Embeddings: {spread.frames} frames, relative spread {spread.relative_spread:.3f}, "
+                           f"effective rank {spread.effective_rank:.2f} of {len(spread.dimension_std)} "
+                           f"dimensions. Written by mvformer report."),
+        data=json.dumps(data).replace("</", "<\\/"))
+
+
 def build_report(checkpoint: str | Path, out: str | Path, videos: Sequence[str | Path] | None = None,
                  overwrite: bool = False, device: str = "auto", frames: str = "squash", frame: int | None = None,
                  height: int = 192, max_videos: int = 4) -> Path:
@@ -260,29 +288,8 @@ def build_report(checkpoint: str | Path, out: str | Path, videos: Sequence[str |
         warnings = [warning_line(spread)]
         if metrics["model"] and metrics["time_only"]:
             warnings.append(no_gain_line(metrics["model"], metrics["time_only"]))
-        page = Template(_asset("index.html")).substitute(
-            title=html.escape(f"mvformer report: {model.config.name}"),
-            subtitle=html.escape(f"{source.resolve()} · backbone {model.config.backbone.name}, pooling "
-                                 f"{model.config.model.pooling}, time encoding {model.config.model.time_encoding}"),
-            warning="".join(f'<p class="warning">{html.escape(line)}</p>' for line in warnings if line),
-            metrics=metrics_table(metrics),
-            last_frame=len(reference) - 1,
-            videos="\n    ".join(_video_figure(i, name, i == 0) for i, name in enumerate(names)),
-            retrieval=(f'<p class="hint">Reference frame {frame} of {html.escape(names[0])} and its nearest frames in '
-                       f'the other videos (squared distance of normalised embeddings).</p>'
-                       f'<img class="figure" src="retrieval.png" alt="retrieval sheet">'),
-            curves=('<img class="figure" src="training_curves.png" alt="training curves">' if has_curve else
-                    f'<p class="note">No training log ({html.escape(str(run_dir / METRICS_NAME))}).</p>'),
-            attention=('<p class="hint">Where each entity token of the pooling looks in the reference video.</p>'
-                       '<img class="figure" src="attention/attention_strip.png" alt="attention strip">'
-                       '<video class="figure" id="attention-video" src="attention/attention.mp4" controls loop muted '
-                       'playsinline preload="auto"></video>' if has_attention else
-                       f'<p class="note">The model pools with {html.escape(model.config.model.pooling)!s}, which has '
-                       f'no spatial attention to show.</p>'),
-            footer=html.escape(f"Embeddings: {spread.frames} frames, relative spread {spread.relative_spread:.3f}, "
-                               f"effective rank {spread.effective_rank:.2f} of {len(spread.dimension_std)} "
-                               f"dimensions. Written by mvformer report."),
-            data=json.dumps(data).replace("</", "<\\/"))
+        page = _page(model, source, run_dir, warnings, metrics, names, len(reference) - 1, frame, has_curve,
+                     has_attention, spread, data)
         (staging / "index.html").write_text(page, encoding="utf-8")
         for name in ASSETS:
             (staging / name).write_text(_asset(name), encoding="utf-8")

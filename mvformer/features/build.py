@@ -20,6 +20,7 @@ from mvformer.data.datasets import VideoDataset, check_generic_root, check_root,
 from mvformer.data.formats import open_dataset
 from mvformer.data.transforms import augment_views, normalize, prepare_frames
 from mvformer.errors import MVFormerError
+from mvformer.files import check_apart
 from mvformer.features.cache import (
     AUGMENTED_SPLIT,
     FORMAT_VERSION,
@@ -276,13 +277,7 @@ def _check_cache_folder(folder: Path, data_root: Path) -> None:
     non-empty folder holding no feature cache (nothing but a cache is ever written into)."""
     if folder.exists() and not folder.is_dir():
         raise MVFormerError(f"{folder}: exists and is not a folder, so it cannot hold a feature cache")
-    try:
-        cache, data = folder.resolve(), data_root.resolve()
-    except (OSError, RuntimeError):  # a symbolic link loop
-        raise MVFormerError(f"{folder}: cannot be resolved (symbolic link loop?)") from None
-    if cache.is_relative_to(data) or data.is_relative_to(cache):
-        raise MVFormerError(f"{folder}: the feature cache must lie outside the dataset root {data_root} and must not "
-                            f"hold it")
+    check_apart(folder, data_root, "the feature cache", "the dataset root")
     if folder.is_dir() and not (folder / MANIFEST_NAME).is_file() and any(folder.iterdir()):
         raise MVFormerError(f"{folder}: is not empty and holds no feature cache ({MANIFEST_NAME} missing); choose "
                             f"another --out")

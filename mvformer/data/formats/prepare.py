@@ -23,7 +23,7 @@ from mvformer.data.formats import format_named
 from mvformer.data.formats.penn_action import PENN_ACTIONS
 from mvformer.data.video import frame_image_paths
 from mvformer.errors import MVFormerError
-from mvformer.files import write_text
+from mvformer.files import check_apart, write_text
 from mvformer.progress import note as say
 from mvformer.progress import progress_bar
 
@@ -175,12 +175,7 @@ def prepare(format: str, src: str | Path, dest: str | Path, subset: str | None =
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise MVFormerError(f"{dest}: exists and is not a folder")
-    try:
-        source, target = src.resolve(), dest.resolve()
-    except (OSError, RuntimeError):  # a symbolic link loop
-        raise MVFormerError(f"{dest}: cannot be resolved (symbolic link loop?)") from None
-    if target.is_relative_to(source) or source.is_relative_to(target):
-        raise MVFormerError(f"{dest}: the destination must lie outside the source {src} and must not hold it")
+    check_apart(dest, src, "the destination", "the source")
     split_names = dataset_format.splits(src, subset)
     if not split_names:
         raise MVFormerError(f"{src}: holds no split of format {format} (see mvformer.data.formats)")
