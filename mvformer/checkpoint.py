@@ -8,6 +8,9 @@ written to a temporary file and renamed over the previous one, so a kill never l
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -135,3 +138,40 @@ def export_checkpoint(run_or_checkpoint: str | Path, out: str | Path, overwrite:
     metrics = _checkpoint_metrics(checkpoint.parent, trained_epochs - 1) if at_epoch_end else None
     return save_pretrained(model, out, metrics=metrics, data=model.config.data.root, overwrite=overwrite,
                            trained_epochs=trained_epochs)
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path, is_main: bool) -> Iterator[None]:
+    """Hold RUN/.lock while training writes into the run folder: a second process refuses to write into it too.
+    A lock left by a process that no longer runs (killed) is taken over."""
+    if not is_main:
+        yield
+        return
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".lock"
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+                os.kill(holder, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:
+                pass
+            raise MVFormerError(f"{run_dir}: another mvformer process ({holder}) is training into this folder") \
+                from None
+    else:
+        raise MVFormerError(f"{run_dir}: cannot take the run folder's lock {lock}")
+    try:
+        os.write(descriptor, str(os.getpid()).encode())
+        os.close(descriptor)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves no folder behind

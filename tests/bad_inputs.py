@@ -53,3 +53,12 @@ def run_case(case: Case, capsys) -> str:
     changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
     assert not changed, f"{case}: files changed: {changed[:5]}"
     return lines[0]
+
+
+def one_line_failure(args: list[str], capsys, *fragments: str) -> None:
+    """Run the CLI on `args`; it must fail with exit status 2 and one error line holding every fragment."""
+    status = main([*args, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1 and err.startswith("mvformer: error: "), err
+    for fragment in fragments:
+        assert fragment in err

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bad_inputs import one_line_failure
 from mvformer import files, viz
 from mvformer.apps import align, attention, embed, pictures, progress, retrieve
 from mvformer.apps import videos as videos_module
@@ -65,12 +66,6 @@ def gif_frames(path):
     return np.stack(frames)  # (T, H, W, 3)
 
 
-def one_line_failure(args, capsys, *fragments):
-    status = main([*args, "--no-progress"])
-    err = capsys.readouterr().err.strip()
-    assert status == 2 and len(err.splitlines()) == 1 and err.startswith("mvformer: error: "), err
-    for fragment in fragments:
-        assert fragment in err
 
 
 # --- embed -----------------------------------------------------------------------------------------------------

@@ -9,18 +9,18 @@ import shutil
 import numpy as np
 import pytest
 
+from bad_inputs import one_line_failure
+from tiny_runs import trained_demo_run
 from mvformer.apps import label as label_app
 from mvformer.apps.videos import embed_video_file
 from mvformer.checkpoint import load_model
 from mvformer.cli import main
-from mvformer.config import load_config
 from mvformer.data.datasets import VideoDataset
-from mvformer.data.synthetic import generate_pouring_dataset, phase_names
+from mvformer.data.synthetic import phase_names
 from mvformer.data.video import read_video, write_video
 from mvformer.errors import MVFormerError
 from mvformer.evaluation import transfer
 from mvformer.evaluation.time_only import TIME_ONLY_MARGIN
-from mvformer.train.loop import train
 
 # --- transfer: votes, decisions, baseline -----------------------------------------------------------------------
 
@@ -144,12 +144,7 @@ def test_scores_by_hand():
 @pytest.fixture(scope="module")
 def run_and_data(tmp_path_factory):
     """Synthetic pouring videos and a demo model trained on them for three epochs."""
-    base = tmp_path_factory.mktemp("label")
-    root = generate_pouring_dataset(base / "pouring", num_train=4, num_val=3, size=64, min_frames=16, max_frames=24,
-                                    seed=0)
-    config = load_config("demo", [f"data.root={root}", "data.clip_len=16", "train.epochs=3", "train.batch_size=2",
-                                  f"train.output_dir={base / 'run'}", "train.eval_every=1000"])
-    return train(config).run_dir, root
+    return trained_demo_run(tmp_path_factory.mktemp("label"))
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +220,6 @@ def test_label_writes_a_dataset_and_scores_against_relative_time(run_and_data, c
     assert (f"warning: alignment gains {gain:+.4f} frame accuracy" in printed) == (gain < TIME_ONLY_MARGIN)
 
 
-def one_line_failure(args, capsys, *fragments):
-    status = main([*args, "--no-progress"])
-    err = capsys.readouterr().err.strip()
-    assert status == 2 and len(err.splitlines()) == 1 and err.startswith("mvformer: error: "), err
-    for fragment in fragments:
-        assert fragment in err
 
 
 def nothing_left(out):

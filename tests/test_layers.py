@@ -38,6 +38,7 @@ LAYERS = [
     ["evaluation.time_only"],
     ["evaluation.report"],
     ["train.__init__", "train.distributed", "train.log", "train.clips"],
+    ["train.objectives"],
     ["train.loop"],
     ["apps.__init__", "apps.videos"],
     ["apps.embed", "apps.align", "apps.retrieve", "apps.attention", "apps.progress", "apps.label"],

@@ -19,6 +19,8 @@ import av
 import numpy as np
 import pytest
 
+from bad_inputs import one_line_failure
+from tiny_runs import trained_demo_run
 from mvformer.apps import report
 from mvformer.apps.align import shown_frames
 from mvformer.apps.videos import embed_video_file
@@ -26,7 +28,6 @@ from mvformer.checkpoint import load_model
 from mvformer.cli import main
 from mvformer.config import load_config
 from mvformer.data.datasets import VideoDataset
-from mvformer.data.synthetic import generate_pouring_dataset
 from mvformer.evaluation.alignment import align
 from mvformer.evaluation.time_only import no_gain_line, time_only_files, time_only_metrics
 from mvformer.train.loop import train
@@ -48,12 +49,7 @@ def find_chromium() -> tuple[str, str] | None:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A demo model trained for three epochs on tiny synthetic videos, with its training log and evaluation."""
-    base = tmp_path_factory.mktemp("report")
-    root = generate_pouring_dataset(base / "pouring", num_train=4, num_val=3, size=64, min_frames=16, max_frames=24,
-                                    seed=0)
-    config = load_config("demo", [f"data.root={root}", "data.clip_len=16", "train.epochs=3", "train.batch_size=2",
-                                  f"train.output_dir={base / 'run'}", "train.eval_every=3"])
-    return train(config).run_dir, root
+    return trained_demo_run(tmp_path_factory.mktemp("report"), eval_every=3)
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +115,6 @@ def test_the_model_row_comes_from_the_evaluation_folder_when_there_is_one(traine
     assert metrics["time_only"] == expected["mean"]
 
 
-def one_line_failure(args, capsys, *fragments):
-    status = main([*args, "--no-progress"])
-    err = capsys.readouterr().err.strip()
-    assert status == 2 and len(err.splitlines()) == 1 and err.startswith("mvformer: error: "), err
-    for fragment in fragments:
-        assert fragment in err
 
 
 def test_a_page_without_log_evaluation_or_attention_and_one_line_errors(trained_run, tmp_path, capsys):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mvformer.train.loop
+import mvformer.train.objectives
 from mvformer.config import AugmentConfig, TrainConfig, load_config
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.synthetic import generate_pouring_dataset
@@ -178,7 +179,7 @@ def test_an_unreadable_video_is_skipped_and_counted(pouring_root, tmp_path):
 
 def test_nonfinite_steps_are_skipped_and_too_many_stop_the_run(pouring_root, splits, tmp_path, monkeypatch):
     train_set, val_set = splits
-    real_loss = mvformer.train.loop.sequence_contrastive_loss
+    real_loss = mvformer.train.objectives.sequence_contrastive_loss
     calls = []
 
     def loss_nan_on_steps_2_and_3(*args):
@@ -186,14 +187,14 @@ def test_nonfinite_steps_are_skipped_and_too_many_stop_the_run(pouring_root, spl
         loss = real_loss(*args)
         return loss * float("nan") if len(calls) in (2, 3) else loss
 
-    monkeypatch.setattr(mvformer.train.loop, "sequence_contrastive_loss", loss_nan_on_steps_2_and_3)
+    monkeypatch.setattr(mvformer.train.objectives, "sequence_contrastive_loss", loss_nan_on_steps_2_and_3)
     result = train(vision_only_config(pouring_root, tmp_path / "run", epochs=1), train_set, val_set)
     record = [r for r in read_metrics(result.run_dir) if "loss" in r][0]
     assert record["nonfinite_steps"] == 2 and np.isfinite(record["loss"])
     assert all(torch.isfinite(v).all() for v in load_checkpoint(result.run_dir)["model"].values()
                if v.is_floating_point())
 
-    monkeypatch.setattr(mvformer.train.loop, "sequence_contrastive_loss", lambda *args: real_loss(*args) * float("inf"))
+    monkeypatch.setattr(mvformer.train.objectives, "sequence_contrastive_loss", lambda *args: real_loss(*args) * float("inf"))
     config = vision_only_config(pouring_root, tmp_path / "dies", epochs=1, **{"train.max_nonfinite_steps": 3})
     with pytest.raises(MVFormerError, match="step 2: loss or gradient not finite for 3 consecutive steps"):
         train(config, train_set, val_set)
@@ -307,8 +308,8 @@ def test_a_skipped_step_leaves_batch_norm_statistics_as_they_were(pouring_root, 
     config = vision_only_config(pouring_root, tmp_path / "run", epochs=1, **{"train.max_nonfinite_steps": 100})
     torch.manual_seed(config.train.seed)
     initial = {k: v.clone() for k, v in build_model(config).trainable_state_dict().items() if "running_" in k}
-    real_loss = mvformer.train.loop.sequence_contrastive_loss
-    monkeypatch.setattr(mvformer.train.loop, "sequence_contrastive_loss", lambda *a: real_loss(*a) * float("nan"))
+    real_loss = mvformer.train.objectives.sequence_contrastive_loss
+    monkeypatch.setattr(mvformer.train.objectives, "sequence_contrastive_loss", lambda *a: real_loss(*a) * float("nan"))
     result = train(config, train_set, val_set)
     assert read_metrics(result.run_dir)[0]["nonfinite_steps"] == len(train_set)
     for key, value in initial.items():  # every step was skipped: nothing moved, statistics included

@@ -26,9 +26,9 @@ def _video_chunks(model: MVFormer, frames: np.ndarray) -> Iterator[tuple[torch.T
         yield patches[0], cls[0]
 
 
-def _cached_chunks(cache: FeatureCache, split: str, index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _cached_chunks(cache: FeatureCache, split: str, index: int,
+                   num_frames: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Cached features of consecutive chunks of one cached video (the backbone replaced by reads)."""
-    num_frames = cache.records(split)[index].num_frames
     for start in range(0, num_frames, CHUNK_FRAMES):
         yield cache.features(split, index, np.arange(start, min(start + CHUNK_FRAMES, num_frames)))
 
@@ -59,7 +59,7 @@ def embed_split(model: MVFormer, dataset: VideoDataset, device: torch.device, ca
     for index in progress_bar(range(len(dataset)) if indices is None else indices, desc=desc, leave=False,
                               unit="video"):
         chunks = _video_chunks(model, dataset.frames(index)) if cache is None else \
-            _cached_chunks(cache, split, rows[index])
+            _cached_chunks(cache, split, rows[index], dataset.records[index].num_frames)
         embeddings.append(model.embed_token_chunks(chunks).cpu().numpy())
     model.train(was_training)
     return embeddings

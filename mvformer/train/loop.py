@@ -8,10 +8,8 @@ another of `_train_epoch`, each step one `_step`.
 """
 
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from mvformer.checkpoint import (
+    run_folder_lock,
     CHECKPOINT_NAME,
     CHECKPOINT_VERSION,
     METRICS_NAME,
@@ -38,15 +37,11 @@ from mvformer.errors import MVFormerError
 from mvformer.evaluation.embed import EvaluationSet, check_scorable, embed_split, evaluation_sets
 from mvformer.evaluation.report import score_with_controls
 from mvformer.features.cache import FeatureCache, open_feature_cache
-from mvformer.data.objective_sampling import sample_tcn_pairs, sample_uniform_views
-from mvformer.losses.classification import FrameClassifier, frame_classification_loss
-from mvformer.losses.scl import sequence_contrastive_loss
-from mvformer.losses.tcc import tcc_loss
-from mvformer.losses.tcn import tcn_loss
+from mvformer.losses.classification import FrameClassifier
 from mvformer.model.mvformer import MVFormer, build_model
 from mvformer.progress import note, progress_bar, silent
 from mvformer.runtime import random_states, resolve_device, restore_random_states, seed_everything
-from mvformer.train.clips import (CachedTrainingClips, Sampler, TrainingClips, augment_batch, collate_clips,
+from mvformer.train.clips import (CachedTrainingClips, TrainingClips, augment_batch, collate_clips,
                                   epoch_batches)
 from mvformer.train.distributed import (
     Ranks,
@@ -59,6 +54,7 @@ from mvformer.train.distributed import (
     synchronise_batch_norm,
 )
 from mvformer.train.log import MetricsLog
+from mvformer.train.objectives import TrainStep, objective_head, objective_loss, objective_sampler
 
 
 @dataclass
@@ -108,49 +104,6 @@ def learning_rate_factor(epoch: int, cfg: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class _TrainStep(nn.Module):
-    """The differentiable part of one step, as one module so that DDP can wrap it: batch -> what the objective
-    compares. SCL: projected, L2-normalised embeddings; TCN: L2-normalised embeddings; TCC: the head's raw
-    embeddings; classification: frame logits of a linear layer on them (published L2_NORMALIZE / PROJECTION)."""
-
-    def __init__(self, model: MVFormer, objective: str, classifier: FrameClassifier | None = None):
-        super().__init__()
-        self.model = model
-        self.objective = objective
-        self.classifier = classifier
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        """batch["frames"] normalised (B, V, T, 3, S, S) or cached batch["patches"], batch["cls"] -> (B, V, T, E)."""
-        masks = batch["masks"].flatten(0, 1)  # (B * V, T)
-        options = {"project": self.objective == "scl", "normalize": self.objective in ("scl", "tcn")}
-        if "patches" in batch:  # float16 tokens read from the feature cache
-            embs = self.model.embed_features(batch["patches"].flatten(0, 1).float(),
-                                             batch["cls"].flatten(0, 1).float(), masks, **options)
-        else:
-            embs = self.model(batch["frames"].flatten(0, 1), masks, **options)
-        embs = embs.view(*batch["masks"].shape, -1)  # (B, V, T, E)
-        return self.classifier(embs) if self.classifier is not None else embs
-
-
-def _objective_loss(run: _Run, outputs: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The configured objective's loss on this rank's share, and the weight of that share in the global batch
-    (valid frames for SCL and TCC, videos holding a real anchor-positive pair for TCN, labelled frames for the
-    supervised objective), so that DDP's gradient average is the global batch's gradient."""
-    config, masks = run.config, batch["masks"].bool()
-    objective = config.train.objective
-    if objective == "scl":
-        loss = sequence_contrastive_loss(outputs, batch["steps"], batch["seq_lens"], masks, config.loss.temperature,
-                                         config.loss.variance)
-        return loss, masks.sum()
-    if objective == "tcc":
-        return tcc_loss(outputs, batch["steps"], batch["seq_lens"], masks, config.tcc), masks.sum()
-    if objective == "tcn":
-        pairs = (masks[..., 0::2] & masks[..., 1::2]).flatten(1).any(dim=1)  # (B,): a video with a real pair
-        return tcn_loss(outputs, masks, config.tcn), pairs.sum()
-    labels = batch["labels"]
-    return frame_classification_loss(outputs, labels, masks), (masks & (labels >= 0)).sum()
-
-
 def _open_data(config: Config, train_set: VideoDataset | None, val_set: VideoDataset | None,
                say: Callable[[str], None]) -> tuple[VideoDataset, VideoDataset | None]:
     """The training split and, when the dataset has one, the validation split."""
@@ -178,43 +131,6 @@ def _evaluation_sets(run: _Run) -> list[EvaluationSet]:
     dataset = EvaluationSet(Path(run.config.data.root).name or "data", run.train_set, run.val_set)
     check_scorable(dataset, run.config.eval)
     return [dataset]
-
-
-@contextmanager
-def _locked(run_dir: Path, is_main: bool) -> Iterator[None]:
-    """Hold RUN/.lock while training writes into the run folder: a second process refuses to write into it too.
-    A lock left by a process that no longer runs (killed) is taken over."""
-    if not is_main:
-        yield
-        return
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / ".lock"
-    for _ in range(2):
-        try:
-            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            try:
-                holder = int(lock.read_text().strip() or 0)
-                os.kill(holder, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            except PermissionError:
-                pass
-            raise MVFormerError(f"{run_dir}: another mvformer process ({holder}) is training into this folder") \
-                from None
-    else:
-        raise MVFormerError(f"{run_dir}: cannot take the run folder's lock {lock}")
-    try:
-        os.write(descriptor, str(os.getpid()).encode())
-        os.close(descriptor)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        if created and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that failed before writing anything leaves no folder behind
 
 
 def _start(run: _Run, resume: bool) -> tuple[int, int, list[float]]:
@@ -263,7 +179,7 @@ def _open_clips(run: _Run) -> None:
                                    note=run.say)
     clip_args = (config.data.clip_len, config.data.max_stretch, config.train.seed, config.data.sampling,
                  config.data.consistent_offset)
-    sampling = {"sampler": _objective_sampler(config),
+    sampling = {"sampler": objective_sampler(config),
                 "labels": [r.labels for r in run.train_set.records] if run.classifier is not None else None}
     if run.cache is not None:
         run.clips = CachedTrainingClips(run.cache, "train", *clip_args, augmented=config.data.augment.enabled,
@@ -271,34 +187,6 @@ def _open_clips(run: _Run) -> None:
     else:
         native = (config.data.image_size, config.data.augment) if config.data.decode_size is None else None
         run.clips = TrainingClips(run.train_set, *clip_args, augment_here=native, **sampling)
-
-
-def _objective_sampler(config: Config) -> Sampler | None:
-    """The frames each objective trains on (published): SCL two time-augmented views (None: the default);
-    TCC and the supervised baseline one view of clip_len sorted distinct frames; TCN clip_len / 2 anchor-positive
-    pairs, each positive 1..positive_window frames before its anchor."""
-    objective, clip_len = config.train.objective, config.data.clip_len
-    if objective in ("tcc", "classification"):
-        return lambda length, rng: sample_uniform_views(length, clip_len, rng)
-    if objective == "tcn":
-        return lambda length, rng: sample_tcn_pairs(length, clip_len, rng, config.tcn.positive_window)
-    return None
-
-
-def _objective_head(config: Config, train_set: VideoDataset, ranks: Ranks) -> FrameClassifier | None:
-    """The supervised objective's classifier over the training set's phases; checks what each objective needs."""
-    objective = config.train.objective
-    if objective == "tcc" and config.train.batch_size // ranks.world_size < 2:
-        raise MVFormerError(f"train.objective tcc aligns the videos of a batch: train.batch_size "
-                            f"({config.train.batch_size}) must give every process at least 2 videos")
-    if objective == "tcn" and config.data.clip_len % 2:
-        raise MVFormerError(f"train.objective tcn draws anchor-positive pairs: data.clip_len "
-                            f"({config.data.clip_len}) must be even")
-    if objective != "classification":
-        return None
-    if not train_set.labelled or train_set.num_classes is None:
-        raise MVFormerError(f"{train_set.root}: train.objective classification needs frame labels in the train split")
-    return FrameClassifier(config.model.embedding_size, train_set.num_classes, config.classification.dropout)
 
 
 def _evaluate(run: _Run) -> dict | None:
@@ -351,7 +239,7 @@ def _step(run: _Run, batch: dict, autocast: torch.autocast) -> tuple[float, bool
                   or name.endswith("num_batches_tracked")}
     with autocast:
         outputs = run.step_module(batch).float()  # (b, V, T, E), or frame logits (b, V, T, C)
-    loss, valid = _objective_loss(run, outputs, batch)
+    loss, valid = objective_loss(run.config, outputs, batch)
     # Every rank's loss is weighted by its share of the global batch (valid frames for SCL), so DDP's gradient
     # average equals the gradient of the loss over the whole global batch.
     all_valid = sum_over_ranks(valid).clamp_min(1)
@@ -458,7 +346,7 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
     model = build_model(config, backbone).to(device)
     if ranks.distributed:
         synchronise_batch_norm(model, device)
-    classifier = _objective_head(config, train_set, ranks)
+    classifier = objective_head(config, train_set, ranks)
     if classifier is not None:
         classifier.to(device)
     trainable = [p for module in (model, classifier) if module is not None for p in module.parameters()
@@ -469,7 +357,7 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
                classifier)
     if run.scorable:
         run.eval_sets = _evaluation_sets(run)
-    with _locked(run_dir, ranks.is_main):
+    with run_folder_lock(run_dir, ranks.is_main):
         seed_everything(config.train.seed + ranks.rank)  # dropout differs between ranks, from one seed
         start_epoch, start_step, epoch_losses = _start(run, resume)
         final_metrics = _train_epochs(run, start_epoch, start_step, epoch_losses)
@@ -480,7 +368,7 @@ def _train_epochs(run: _Run, start_epoch: int, start_step: int, epoch_losses: li
     """Every epoch from (start_epoch, start_step) on: train, checkpoint, log, evaluate; returns the last metrics."""
     config, ranks = run.config, run.ranks
     _open_clips(run)
-    run.step_module = _TrainStep(run.model, config.train.objective, run.classifier)
+    run.step_module = TrainStep(run.model, config.train.objective, run.classifier)
     if ranks.distributed:  # only SCL uses the projection head; a zeroed visual input leaves the pooling unused
         unused = config.model.zero_visual_input or config.train.objective != "scl"
         run.step_module = DistributedDataParallel(run.step_module, find_unused_parameters=unused)
