@@ -16,7 +16,7 @@ import numpy as np
 
 from mvformer.data.datasets import MAX_CLASSES
 from mvformer.errors import MVFormerError
-from mvformer.evaluation.metrics import CLASSIFIERS, TASKS, evaluate_embeddings
+from mvformer.evaluation.metrics import CLASSIFIERS, TASKS, evaluate_embeddings, mean_of_metrics
 from mvformer.progress import note as say
 
 SPLITS = ("train", "val")
@@ -219,13 +219,6 @@ def _undefined_notes(path: Path, scores: dict, val_labels: list[np.ndarray], str
     return notes
 
 
-def _mean(values: list):
-    """Mean over datasets of a float, or of each entry of a dict of floats; None where any dataset has None."""
-    if isinstance(values[0], dict):
-        return {key: _mean([value[key] for value in values]) for key in values[0]}
-    return None if any(value is None for value in values) else float(np.mean(values))
-
-
 def score_files(
     paths: Sequence[str | Path],
     stride: int = 1,
@@ -267,7 +260,7 @@ def score_files(
         for line in _undefined_notes(path, scores, val_labels, stride):
             note(line)
         datasets[name] = scores
-    mean = {task: _mean([scores[task] for scores in datasets.values()]) for task in next(iter(datasets.values()))}
+    mean = mean_of_metrics(list(datasets.values()))
     return {"datasets": datasets, "mean": mean}
 
 

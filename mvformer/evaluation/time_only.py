@@ -63,8 +63,7 @@ def time_only_files(paths: Sequence[str | Path], dim: int | None = None, train_l
         classes = num_classes or int(max(labels.max() for labels in train_labels + val_labels)) + 1
         datasets[name] = time_only_metrics(train_labels, val_labels, classes, dim or train_embs[0].shape[1],
                                            train_len, fractions, ks, stride, tasks or TASKS, classifier)
-    mean = {task: mean_of_metrics([scores[task] for scores in datasets.values()]) for task in next(iter(datasets.values()))}
-    return {"datasets": datasets, "mean": mean}
+    return {"datasets": datasets, "mean": mean_of_metrics(list(datasets.values()))}
 
 
 def largest_gain(model: dict, time_only: dict) -> float | None:
