@@ -165,6 +165,7 @@ def _start(run: _Run, resume: bool) -> tuple[int, int, list[float]]:
                             f"run needs an empty or new train.output_dir")
     elif config.train.init_from:
         run.model.load_trainable_state_dict(trainable_weights(config.train.init_from), config.train.init_from)
+    any_rank(False, run.device)  # a barrier: every rank has looked at the folder before the first one writes to it
     if ranks.is_main:
         save_config(config, path.parent / "config.yaml")
         run.log = MetricsLog(path.parent)
