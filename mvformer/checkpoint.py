@@ -1,5 +1,5 @@
-"""Training checkpoints and the run folder: write and read them, and turn "a run folder, a checkpoint or an
-export folder" into a model.
+"""Training checkpoints and the run folder: write and read them, and turn "a run folder, a checkpoint, an export
+folder or an export's Hub id" into a model.
 
 A checkpoint holds plain tensors and containers only and is read with `torch.load(weights_only=True)`; it is
 written to a temporary file and renamed over the previous one, so a kill never leaves half a checkpoint.
@@ -11,16 +11,17 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mvformer.config import config_from_dict, flatten_tree
+from mvformer.config import Config, config_from_dict, flatten_tree
 from mvformer.errors import MVFormerError
 from mvformer.files import atomic_path
 from mvformer.model.backbone import FrozenBackbone
-from mvformer.model.mvformer import MVFormer, build_model, check_finite_weights
-from mvformer.pretrained import is_export, load_pretrained, save_pretrained
+from mvformer.model.mvformer import MVFormer, build_model
+from mvformer.pretrained import load_pretrained, names_export, read_pretrained, save_pretrained
 from mvformer.runtime import resolve_device
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -30,9 +31,14 @@ READABLE_VERSIONS = (1, 2)  # version 1 (epoch-boundary checkpoints) still loads
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file beside `path`, then rename: a kill never leaves a half checkpoint."""
+    """Write to a temporary file beside `path`, then rename: a kill or a full disk never leaves a half checkpoint,
+    and the previous one stays in place."""
     with atomic_path(path) as temporary:
-        torch.save(state, temporary)
+        try:
+            torch.save(state, temporary)
+        except RuntimeError as error:  # torch reports a failed write (a full disk) so, naming no file
+            raise MVFormerError(f"{path}: cannot write the checkpoint ({str(error).splitlines()[0]}); the previous "
+                                f"one is kept") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -53,16 +59,20 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-CHECKPOINT_FIELDS = {  # what each version holds, and of which type
+CHECKPOINT_FIELDS = {  # what each version holds, and of which type: the writer (train.loop) writes exactly these
     1: {"config": dict, "model": dict, "epoch": int},
-    2: {"config": dict, "model": dict, "epoch": int, "step": int, "world_size": int, "optimizer": dict,
-        "random_states": list, "counters": dict, "epoch_losses": list},
+    2: {"version": int, "config": dict, "model": dict, "epoch": int, "step": int, "world_size": int,
+        "optimizer": dict, "random_states": list, "counters": dict, "epoch_losses": list, "scaler": dict,
+        "objective_head": dict},
 }
+LATER_FIELDS = ("scaler", "objective_head")  # version-2 fields that the first version-2 checkpoints lack
 
 
 def _check_fields(path: Path, state: dict, fields: dict) -> None:
     """One line naming the first field a (perhaps hand-made) checkpoint lacks or holds with the wrong type."""
     for name, kind in fields.items():
+        if name not in state and name in LATER_FIELDS:
+            continue
         if name not in state:
             raise MVFormerError(f"{path}: the checkpoint lacks '{name}'")
         if not isinstance(state[name], kind) or isinstance(state[name], bool):
@@ -80,31 +90,67 @@ def config_differences(stored: dict, current: dict, ignore: tuple[str, ...] = ()
             if key not in ignore and flat_stored.get(key, "<absent>") != flat_current.get(key, "<absent>")]
 
 
-def model_from_checkpoint(path: str | Path, backbone: FrozenBackbone | None = None) -> MVFormer:
-    """Rebuild a trained model (frozen backbone from its config, head from the checkpoint), in eval mode."""
+def _from_checkpoint(path: str | Path, backbone: FrozenBackbone | None = None) -> tuple[MVFormer, Config]:
+    """A checkpoint's model (frozen backbone from its config, head from the checkpoint, eval mode) and config."""
     state = load_checkpoint(path)
     config = config_from_dict(state["config"], f"{path} (stored config)")
     model = build_model(config, backbone)
     model.load_trainable_state_dict(state["model"], str(path))
-    check_finite_weights(model, str(path))
-    return model.eval()
+    return model.eval(), config
+
+
+def model_from_checkpoint(path: str | Path, backbone: FrozenBackbone | None = None) -> MVFormer:
+    """Rebuild a trained model (frozen backbone from its config, head from the checkpoint), in eval mode."""
+    return _from_checkpoint(path, backbone)[0]
 
 
 def trainable_weights(source: str | Path) -> dict[str, torch.Tensor]:
-    """The head weights of a run folder, a checkpoint or an export folder (`train.init_from`: fine-tuning starts
-    from them with a fresh optimiser and schedule)."""
-    path = Path(source)
-    if is_export(path):
-        return load_pretrained(path).trainable_state_dict()
-    return load_checkpoint(path)["model"]
+    """The head weights of a run folder, a checkpoint, an export folder or an export's Hub id (`train.init_from`:
+    fine-tuning starts from them with a fresh optimiser and schedule)."""
+    if names_export(source):
+        return load_pretrained(source).trainable_state_dict()
+    return load_checkpoint(source)["model"]
 
 
-def load_model(source: str | Path, device: str = "auto") -> tuple[MVFormer, torch.device]:
-    """A trained model from a run folder, a checkpoint.pt or an `mvformer export` folder, in eval mode on
-    `device` ("auto": CUDA when available)."""
+@dataclass
+class Trained:
+    """A trained model loaded once, with the configuration it was trained with (data, evaluation settings) and
+    where it came from: what every command and notebook call takes."""
+
+    model: MVFormer  # eval mode, on `device`
+    config: Config
+    source: str | Path  # a run folder, a checkpoint, an export folder or an export's Hub id
+    device: torch.device
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder of a run or checkpoint source (None for an export)."""
+        if names_export(self.source):
+            return None
+        source = Path(self.source)
+        return source if source.is_dir() else source.parent
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The files the model was read from, which no output may replace: the file itself, or every file
+        directly in a run or export folder (none for a Hub id: they lie in the Hugging Face cache)."""
+        return source_files(self.source)
+
+
+def source_files(source: str | Path) -> list[Path]:
+    """The files a model source is read from (see `Trained.inputs`), known before the model is loaded."""
+    source = Path(source)
+    if not source.exists():
+        return []
+    return [path for path in source.iterdir() if path.is_file()] if source.is_dir() else [source]
+
+
+def load_model(source: str | Path, device: str = "auto") -> Trained:
+    """A trained model from a run folder, a checkpoint.pt, an `mvformer export` folder or the Hub id of an uploaded
+    export, in eval mode on `device` ("auto": CUDA when available), with its training configuration."""
     torch_device = resolve_device(device)
-    model = load_pretrained(source) if is_export(Path(source)) else model_from_checkpoint(source)
-    return model.to(torch_device).eval(), torch_device
+    model, config = read_pretrained(source) if names_export(source) else _from_checkpoint(source)
+    return Trained(model.to(torch_device).eval(), config, source, torch_device)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -131,13 +177,13 @@ def export_checkpoint(run_or_checkpoint: str | Path, out: str | Path, overwrite:
     source = Path(run_or_checkpoint)
     checkpoint = source / CHECKPOINT_NAME if source.is_dir() else source
     state = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(checkpoint)
+    model, config = _from_checkpoint(checkpoint)
     # Version 1 stored the last finished epoch; version 2 stores where to resume (epoch, step within it).
     trained_epochs = state["epoch"] + 1 if state["version"] == 1 else state["epoch"]
     at_epoch_end = state.get("step", 0) == 0 and trained_epochs > 0
     metrics = _checkpoint_metrics(checkpoint.parent, trained_epochs - 1) if at_epoch_end else None
-    return save_pretrained(model, out, metrics=metrics, data=model.config.data.root, overwrite=overwrite,
-                           trained_epochs=trained_epochs)
+    return save_pretrained(model, out, config, metrics=metrics, data=config.data.root, overwrite=overwrite,
+                           trained_epochs=trained_epochs, inputs=[checkpoint])
 
 
 @contextmanager

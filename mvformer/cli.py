@@ -5,7 +5,9 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
+from mvformer.config import AlignMethod, AnimationFormat, AppFrames, Classifier, Device, Objective, Task
 from mvformer.errors import MVFormerError
 from mvformer.progress import NO_PROGRESS_VARIABLE
 
@@ -61,7 +63,7 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from mvformer.evaluation.report import evaluate_checkpoint
+    from mvformer.apps.evaluate import evaluate_checkpoint
     report = evaluate_checkpoint(args.checkpoint, data_roots=args.data, out_dir=args.out, overwrite=args.overwrite)
     print(report.table)
     print(f"wrote {report.out_dir / 'metrics.json'}, the embeddings (DATASET.npz) and alignment.png")
@@ -108,58 +110,60 @@ def _cmd_prepare(args) -> None:
 
 
 def _cmd_embed(args) -> None:
-    from mvformer.apps.embed import embed_videos
-    written = embed_videos(args.checkpoint, args.videos, args.out, overwrite=args.overwrite, device=args.device,
-                           frames=args.frames)
+    from mvformer.apps.embed import embed_command
+    written = embed_command(args.checkpoint, args.videos, args.out, overwrite=args.overwrite, device=args.device,
+                            frames=args.frames)
     print(f"wrote {len(written)} embedding files (.npy, frames x D, each with a .json) in {args.out}")
 
 
 def _cmd_align(args) -> None:
-    from mvformer.apps.align import align_outputs, align_videos
-    align_videos(args.checkpoint, args.reference, args.videos, args.out, method=args.method, overwrite=args.overwrite,
-                 device=args.device, frames=args.frames, height=args.height, fps=args.fps)
+    from mvformer.apps.align import align_command, align_outputs
+    align_command(args.checkpoint, args.reference, args.videos, args.out, method=args.method, overwrite=args.overwrite,
+                  device=args.device, frames=args.frames, height=args.height, fps=args.fps)
     print("wrote " + ", ".join(map(str, align_outputs(Path(args.out)))))
 
 
 def _cmd_retrieve(args) -> None:
-    from mvformer.apps.retrieve import parse_frame_reference, retrieve_frames
+    from mvformer.apps.retrieve import parse_frame_reference, retrieve_command
     video, frame = parse_frame_reference(args.query)
-    matches = retrieve_frames(args.checkpoint, video, frame, args.gallery, args.out, k=args.k,
-                              skip_query_video=args.other_videos, overwrite=args.overwrite, device=args.device,
-                              frames=args.frames)
+    matches = retrieve_command(args.checkpoint, video, frame, args.gallery, args.out, k=args.k,
+                               include_query_video=args.include_query_video, overwrite=args.overwrite,
+                               device=args.device, frames=args.frames)
     for rank, match in enumerate(matches, start=1):
-        print(f"{rank:3d}  {match.source}:{match.frame}  distance {match.distance:.4f}")
+        print(f"{rank:3d}  {match.video.source}:{match.frame}  distance {match.distance:.4f}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.csv')}")
 
 
 def _cmd_attention(args) -> None:
-    from mvformer.apps.attention import attention_outputs, attention_video
-    attention_video(args.checkpoint, args.video, args.out, overwrite=args.overwrite, device=args.device,
-                    frames=args.frames, every=args.every, animation=args.format)
+    from mvformer.apps.attention import attention_command, attention_outputs
+    attention_command(args.checkpoint, args.video, args.out, overwrite=args.overwrite, device=args.device,
+                      frames=args.frames, every=args.every, animation=args.format)
     print("wrote " + ", ".join(map(str, attention_outputs(Path(args.out), args.format))))
 
 
 def _cmd_progress(args) -> None:
-    from mvformer.apps.progress import progress_against_reference
-    result = progress_against_reference(args.checkpoint, args.reference, args.video, args.out, split=args.split,
-                                        overwrite=args.overwrite, device=args.device, frames=args.frames)
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.csv')} (regressor R^2 on the reference frames "
-          f"{result.reference_r2:.3f})")
+    from mvformer.apps.progress import progress_command
+    result = progress_command(args.checkpoint, args.reference, args.video, args.out, split=args.reference_split,
+                              overwrite=args.overwrite, device=args.device, frames=args.frames)
+    heldout = "none, one labelled reference video" if result.heldout_r2 is None else f"{result.heldout_r2:.3f}"
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.csv')} (regressor R^2 on reference videos left out "
+          f"of the fit in turn: {heldout})")
 
 
 def _cmd_label(args) -> None:
-    from mvformer.apps.label import label_videos
-    labelled = label_videos(args.checkpoint, args.reference, args.videos, args.out, method=args.method,
-                            references=args.references, split=args.split, score=args.score, overwrite=args.overwrite,
-                            device=args.device, frames=args.frames)
+    from mvformer.apps.label import label_command, split_videos
+    videos = args.videos if args.split is None else split_videos(args.reference, args.split)
+    labelled = label_command(args.checkpoint, args.reference, videos, args.out, method=args.method,
+                             references=args.references, split=args.reference_split, score=args.score,
+                             overwrite=args.overwrite, device=args.device, frames=args.frames)
     print(f"labelled {len(labelled)} videos: a dataset in {args.out} (split 'all'; per-frame confidence in "
           f"confidence/, summary in transfer.json)")
 
 
 def _cmd_report(args) -> None:
-    from mvformer.apps.report import build_report
-    index = build_report(args.checkpoint, args.out, videos=args.videos, overwrite=args.overwrite, device=args.device,
-                         frames=args.frames, frame=args.frame)
+    from mvformer.apps.report import report_command
+    index = report_command(args.checkpoint, args.out, videos=args.videos, overwrite=args.overwrite,
+                           device=args.device, frames=args.frames, frame=args.frame)
     print(f"wrote {index} (open it in a browser; no server needed)")
 
 
@@ -190,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (table shows mean ± 2 std)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override demo.yaml")
-    demo.add_argument("--objective", nargs="+", default=["scl"], choices=["scl", "tcc", "tcn", "classification"],
+    demo.add_argument("--objective", nargs="+", default=["scl"], choices=get_args(Objective),
                       help="train MV-Former with each objective, one row each (default: scl)")
 
     train = add("train", _cmd_train, "training (SCL, TCC, TCN or supervised: train.objective) from a YAML config")
@@ -200,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
 
     evaluate = add("evaluate", _cmd_evaluate, "embed every frame of a dataset with a checkpoint and score it")
-    evaluate.add_argument("checkpoint", help="a run folder, its checkpoint.pt or an export folder")
+    evaluate.add_argument("checkpoint", help="a run folder, its checkpoint.pt, an export folder or an export's "
+                                             "Hub id (ORG/NAME[@REVISION])")
     evaluate.add_argument("--data", nargs="+", metavar="ROOT",
                           help="dataset roots, each reported on its own and averaged (e.g. the 13 Penn Action "
                                "actions; default: the dataset the model was trained on)")
@@ -217,9 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training-video fractions for classification and progression (default: 0.1 0.5 1.0)")
     scores.add_argument("--ks", type=int_in(1, 100_000), nargs="+", default=[5, 10, 15],
                         help="AP@K values (default: 5 10 15)")
-    scores.add_argument("--tasks", nargs="+", choices=("classification", "progression", "kendalls_tau", "retrieval"),
+    scores.add_argument("--tasks", nargs="+", choices=get_args(Task),
                         metavar="TASK", help="any of %(choices)s (default: all)")
-    scores.add_argument("--classifier", choices=("logistic", "sgd-linear"), default="logistic",
+    scores.add_argument("--classifier", choices=get_args(Classifier), default="logistic",
                         help="classification probe: logistic regression, or FineGym's linear layer trained with SGD")
     scores.add_argument("--num-classes", type=int_in(1, 10_000),
                         help="phases (default: largest label in train or val + 1)")
@@ -230,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "safetensors weights, model card)")
     export.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="checkpoint.pt or a run folder holding one")
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    export.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty folder that is not a previous export")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export")
 
     cache = add("cache-features", _cmd_cache_features, "run the frozen backbone once over a dataset and store its "
                 "tokens; train and evaluate then read them when the config matches")
@@ -252,12 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     def add_app(name: str, handler, help_text: str) -> argparse.ArgumentParser:
         """A command that runs a trained model on videos: checkpoint first, shared options."""
         sub = add(name, handler, help_text)
-        sub.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="checkpoint.pt or a run folder holding one")
-        sub.add_argument("--frames", choices=("squash", "crop"), default="squash",
+        sub.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="checkpoint.pt, a run folder holding one, "
+                         "an export folder or an export's Hub id (ORG/NAME[@REVISION])")
+        sub.add_argument("--frames", choices=get_args(AppFrames), default="squash",
                          help="fit frames to the model's square input as its training data was (default: "
                               "squashed, or for a data.frames native model its central square at native size) or "
                               "by a centre crop")
-        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        sub.add_argument("--device", choices=get_args(Device), default="auto")
         sub.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
         return sub
 
@@ -271,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("videos", nargs="+", metavar="B", help="videos to align to A (several: a grid)")
     align.add_argument("--out", required=True, metavar="FILE", help=".mp4 or .gif; FILE_path.csv and FILE_cost.png "
                        "are written beside it")
-    align.add_argument("--method", choices=("dtw", "nn"), default="dtw",
+    align.add_argument("--method", choices=get_args(AlignMethod), default="dtw",
                        help="dynamic time warping (monotone) or each frame's nearest neighbour (default: dtw)")
     align.add_argument("--height", type=int_in(16, 4096), default=192,
                        help="pixel height of each video in the output, 16 to 4096 (default: 192)")
@@ -283,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--gallery", required=True, nargs="+", metavar="DIR",
                           help="folders of videos (or video files) to search")
     retrieve.add_argument("-k", type=int_in(1, 100), default=8, help="frames to retrieve, 1 to 100 (default: 8)")
-    retrieve.add_argument("--other-videos", action="store_true", help="leave the query's own video out")
+    retrieve.add_argument("--include-query-video", action="store_true",
+                          help="search the query's own video too (by default it is left out: its neighbouring "
+                               "frames, the query first, would fill the sheet)")
     retrieve.add_argument("--out", default="retrieval.png", metavar="FILE.png",
                           help="contact sheet; FILE.csv beside it (default: retrieval.png)")
 
@@ -294,13 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="folder for attention.npy, attention_strip.png and the animation")
     attention.add_argument("--every", type=int_in(1, 10_000), default=1, metavar="N",
                            help="animate every N-th frame (default: 1)")
-    attention.add_argument("--format", choices=("gif", "mp4"), default="gif", help="animation format (default: gif)")
+    attention.add_argument("--format", choices=get_args(AnimationFormat), default="mp4",
+                           help="animation format (default: mp4, H.264; a gif is many times larger and slower)")
 
     progress = add_app("progress", _cmd_progress, "phase progress of a video, regressed from labelled reference "
                        "videos")
     progress.add_argument("--reference", required=True, metavar="ROOT",
                           help="labelled dataset root in the generic layout (videos/, labels/, splits/)")
-    progress.add_argument("--split", default="train", help="reference split to fit on (default: train)")
+    progress.add_argument("--reference-split", default="train", metavar="NAME",
+                          help="split of ROOT to fit on (default: train)")
     progress.add_argument("--video", required=True)
     progress.add_argument("--out", default="progress.png", metavar="FILE.png",
                           help="plot; FILE.csv beside it (default: progress.png)")
@@ -309,11 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "their alignment; writes a dataset")
     label.add_argument("--reference", required=True, metavar="ROOT",
                        help="labelled dataset root in the generic layout (videos/, labels/, splits/)")
-    label.add_argument("--split", default="train", help="reference split (default: train)")
-    label.add_argument("--videos", required=True, nargs="+", metavar="VIDEO",
-                       help="video files, frame folders, or folders of them (a dataset root: its videos/)")
+    label.add_argument("--reference-split", default="train", metavar="NAME",
+                       help="split of ROOT whose videos lend their labels (default: train)")
+    targets = label.add_mutually_exclusive_group(required=True)
+    targets.add_argument("--videos", nargs="+", metavar="VIDEO",
+                         help="video files, frame folders, or folders of them (a dataset root: its videos/)")
+    targets.add_argument("--split", metavar="NAME",
+                         help="label the videos of split NAME of ROOT (e.g. val; with --score, their hand labels "
+                              "are the truth)")
     label.add_argument("--out", required=True, metavar="DIR", help="folder to write the labelled dataset in")
-    label.add_argument("--method", choices=("dtw", "nn"), default="dtw",
+    label.add_argument("--method", choices=get_args(AlignMethod), default="dtw",
                        help="pair frames by dynamic time warping or nearest neighbours (default: dtw)")
     label.add_argument("--references", type=int, metavar="K",
                        help="only the K references of least alignment cost vote (default: all)")

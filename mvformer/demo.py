@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mvformer.apps.pictures import write_demo_pictures
-from mvformer.checkpoint import read_metrics
+from mvformer.checkpoint import load_model, read_metrics
 from mvformer.config import Config, apply_overrides, config_from_dict, load_config
 from mvformer.data.datasets import VideoDataset, has_generic_split
 from mvformer.data.synthetic import generate_pouring_dataset
@@ -139,6 +139,6 @@ def run_demo(out_dir: Path, seeds: list[int], config_overrides: list[str] = (), 
     log("\n" + summary)
     log(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.json'}, {out_dir / 'training_curves.png'}")
     mvformer_run = out_dir / f"{_slug(variants[0].label)}_seed{seeds[0]}"
-    write_demo_pictures(mvformer_run, data_root, out_dir / "pictures", device=base.train.device)
+    write_demo_pictures(load_model(mvformer_run, base.train.device), data_root, out_dir / "pictures")
     log(f"wrote pictures of embed, align, retrieve, attention and progress in {out_dir / 'pictures'}")
     return rows

@@ -2,13 +2,15 @@
 
 Only the trainable head is stored; the frozen backbone is rebuilt from the config's backbone name and
 weights path, exactly as training checkpoints do. Loading reads JSON and safetensors only, so an export
-from a stranger cannot run code on the reader's machine.
+from a stranger cannot run code on the reader's machine. An export uploaded to the Hugging Face Hub loads by its
+id (`ORG/NAME[@REVISION]`, resolved by `mvformer.hub`) as a folder does.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -17,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from mvformer import __version__
 from mvformer.config import Config, config_from_dict, flatten_tree
 from mvformer.errors import MVFormerError
-from mvformer.files import atomic_path, write_text
+from mvformer.files import output_folder
+from mvformer.hub import parse_hub_id, resolve
 from mvformer.model.mvformer import MVFormer, build_model, check_finite_weights
 
 FORMAT_NAME = "mvformer-pretrained"
@@ -37,6 +40,12 @@ def is_export(directory: Path) -> bool:
     return isinstance(stored, dict) and stored.get("format") == FORMAT_NAME
 
 
+def names_export(source: str | Path) -> bool:
+    """Whether `source` names an export: a folder written by `save_pretrained`, or a Hub id (mvformer models are
+    published on the Hub as exports, never as training checkpoints)."""
+    return parse_hub_id(source) is not None or is_export(Path(source))
+
+
 def _format_number(value) -> str:
     if value is None or isinstance(value, float) and math.isnan(value):
         return "n/a"
@@ -50,11 +59,16 @@ def _backbone_note(config: Config) -> str:
     if backbone.name in WEIGHTLESS_BACKBONES:
         return (f"The `{backbone.name}` backbone ({WEIGHTLESS_BACKBONES[backbone.name]}) needs no weights file: "
                 f"this folder is all that is needed.")
+    if parse_hub_id(backbone.path) is not None:
+        return (f"The frozen `{backbone.name}` backbone's weights are **not included**. `load_pretrained` fetches "
+                f"them from the Hugging Face Hub (`{backbone.path}`) once, into the Hugging Face cache, and reads "
+                f"them from there offline; to use other weights, edit `config.backbone.path` in `{CONFIG_NAME}` or "
+                f"pass `backbone=` to `load_pretrained`.")
     where = (f"the config expects it at `{backbone.path}` (a relative path is read from the current directory)"
              if backbone.path else "the config names no such folder yet (`backbone.path` is empty)")
-    return (f"The frozen `{backbone.name}` backbone's weights are **not included**. `from_pretrained` rebuilds "
+    return (f"The frozen `{backbone.name}` backbone's weights are **not included**. `load_pretrained` rebuilds "
             f"it from a local transformers `save_pretrained` folder; {where}. Put the weights there, edit "
-            f"`config.backbone.path` in `{CONFIG_NAME}`, or pass `backbone=` to `from_pretrained`.")
+            f"`config.backbone.path` in `{CONFIG_NAME}`, or pass `backbone=` to `load_pretrained`.")
 
 
 def model_card(config: Config, metrics: dict | None = None, data: str | None = None,
@@ -108,7 +122,7 @@ def model_card(config: Config, metrics: dict | None = None, data: str | None = N
         "from mvformer.data.video import read_video",
         "from mvformer.pretrained import load_pretrained",
         "",
-        'model = load_pretrained("path/to/this/folder")  # eval mode, on the CPU',
+        'model = load_pretrained("path/to/this/folder")  # or its Hub id ORG/NAME; eval mode, on the CPU',
         f'video = read_video("clip.mp4", size={config.data.image_size})  # uint8 (L, H, W, 3)',
         "embeddings = model.embed_video(model.prepare(video))  # (L, E), L2-normalised",
         "```",
@@ -123,36 +137,44 @@ def model_card(config: Config, metrics: dict | None = None, data: str | None = N
     return "\n".join(lines)
 
 
-def save_pretrained(model: MVFormer, directory: str | Path, metrics: dict | None = None, data: str | None = None,
-                    overwrite: bool = False, trained_epochs: int | None = None) -> Path:
+def _not_an_export(directory: Path) -> str | None:
+    """Why `directory` is not an earlier export that --overwrite may replace, or None."""
+    return None if is_export(directory) else f"no {CONFIG_NAME} of format '{FORMAT_NAME}'"
+
+
+def save_pretrained(model: MVFormer, directory: str | Path, config: Config | None = None,
+                    metrics: dict | None = None, data: str | None = None, overwrite: bool = False,
+                    trained_epochs: int | None = None, inputs: Sequence[Path] = ()) -> Path:
     """Write `model` as DIR/config.json, DIR/model.safetensors (trainable weights) and DIR/README.md.
 
-    `metrics` (e.g. `evaluate_model`'s result) go into the card and config.json; `data` describes the
-    training data (default: the config's data root). A non-empty folder (a previous export included) is refused
-    unless `overwrite`; files other than the three written are left alone. Weights holding NaN or Inf are refused.
+    `config` is the run the model was trained in (default: `model.as_config()`, its architecture and input with
+    every other setting the default, for a model built without a run). `metrics` (e.g. `evaluate_model`'s
+    result) go into the card and config.json; `data` describes the training data (default: the config's data
+    root). The folder is written through `files.output_folder`: a
+    non-empty folder is refused unless it is an earlier export and `overwrite` is given, and then replaced whole;
+    it never overlaps `inputs` (the checkpoint exported); a failure or a kill leaves the earlier export (or
+    nothing). Weights holding NaN or Inf are refused.
     """
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise MVFormerError(f"{directory}: exists and is not a folder")
-    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-        what = "an mvformer export" if is_export(directory) else "files"
-        raise MVFormerError(f"{directory}: already holds {what}; pass --overwrite to replace it")
+    config = config if config is not None else model.as_config()
     check_finite_weights(model, "the model to export")
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.trainable_state_dict().items()}
     stored = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "mvformer_version": __version__,
-              "config": model.config.to_dict()}
+              "config": config.to_dict()}
     if trained_epochs is not None:
         stored["trained_epochs"] = trained_epochs
     if metrics is not None:
         stored["metrics"] = metrics
     config_text = json.dumps(stored, indent=2) + "\n"  # fails before any file is touched if metrics are not JSON
-    card = model_card(model.config, metrics, data, trained_epochs)
+    card = model_card(config, metrics, data, trained_epochs)
     metadata = {"format": "pt", "mvformer_format_version": str(FORMAT_VERSION)}
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / WEIGHTS_NAME) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
-    write_text(directory / CARD_NAME, card)
-    write_text(directory / CONFIG_NAME, config_text)  # last: marks a whole export
+    with output_folder(directory, _not_an_export, overwrite, inputs) as staging:
+        try:
+            save_file(tensors, str(staging / WEIGHTS_NAME), metadata=metadata)
+        except SafetensorError as error:  # a full disk, among others: its message names no file
+            raise MVFormerError(f"{directory}: cannot write {WEIGHTS_NAME} ({error}); nothing was replaced") from None
+        (staging / CARD_NAME).write_text(card, encoding="utf-8")
+        (staging / CONFIG_NAME).write_text(config_text, encoding="utf-8")
     return directory
 
 
@@ -176,10 +198,11 @@ def _read_stored_config(path: Path) -> Config:
     return config_from_dict(stored["config"], str(path))
 
 
-def load_pretrained(directory: str | Path, backbone=None) -> MVFormer:
-    """A model written by `save_pretrained`, in eval mode on the CPU; the backbone is rebuilt from the
-    config unless one is passed. Reads JSON and safetensors only: no pickle."""
-    directory = Path(directory)
+def read_pretrained(directory: str | Path, backbone=None) -> tuple[MVFormer, Config]:
+    """A model written by `save_pretrained` (its folder, or the Hub id it was uploaded under), in eval mode on the
+    CPU, and the configuration it was stored with; the backbone is rebuilt from the config unless one is passed.
+    Reads JSON and safetensors only: no pickle."""
+    directory = resolve(directory)
     if not directory.is_dir():
         raise MVFormerError(f"{directory}: no such folder (expected one written by save_pretrained)")
     config = _read_stored_config(directory / CONFIG_NAME)
@@ -194,5 +217,9 @@ def load_pretrained(directory: str | Path, backbone=None) -> MVFormer:
             from None
     model = build_model(config, backbone)
     model.load_trainable_state_dict(state, str(weights_path))
-    check_finite_weights(model, str(weights_path))
-    return model.eval()
+    return model.eval(), config
+
+
+def load_pretrained(directory: str | Path, backbone=None) -> MVFormer:
+    """The model of `read_pretrained` (eval mode, on the CPU)."""
+    return read_pretrained(directory, backbone)[0]

@@ -7,9 +7,6 @@ import torch
 
 from mvformer.errors import MVFormerError
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
-
 
 def resolve_device(name: str) -> torch.device:
     """"auto" -> CUDA when available, else the CPU; "cuda" without a CUDA device is a user error."""

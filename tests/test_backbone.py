@@ -2,6 +2,7 @@
 chunking, freezing, pixel patches, the ResNet-50 ablation, errors."""
 
 import argparse
+import math
 import re
 
 import pytest
@@ -26,8 +27,12 @@ from mvformer.errors import MVFormerError
 from mvformer.model.backbone import FrozenBackbone, build_backbone
 from mvformer.model.mvformer import MVFormer
 from mvformer.model.weights import convert_backbone
+from tolerances import assert_same_maths
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64}
+# The test ViTs' longest sum is the 8x8x3 = 192-term patch projection or a width-192 layer; 2 blocks of about
+# 6 chained reductions each (norm, qkv, scores, weighted sum, projection, MLP), rounded up.
+VIT_REDUCTION, VIT_DEPTH = 192, 16
 
 
 def saved_model(model_class, config, folder):
@@ -84,7 +89,30 @@ def test_vit_runs_only_needed_layers(tmp_path):
     assert torch.allclose(cls, expected_cls, atol=1e-5)
 
 
-def test_vit_other_image_size_interpolates_positions(tmp_path):
+def dino_interpolate_pos_encoding(pos_embed, npatch, w, h, patch_size):
+    """DINO's `VisionTransformer.interpolate_pos_encoding` restated line by line (x of `npatch` patch tokens, an
+    input of w x h pixels, DINO's own names: w is the input's dim 2)."""
+    N = pos_embed.shape[1] - 1
+    if npatch == N and w == h:
+        return pos_embed
+    class_pos_embed = pos_embed[:, 0]
+    patch_pos_embed = pos_embed[:, 1:]
+    dim = pos_embed.shape[-1]
+    w0 = w // patch_size
+    h0 = h // patch_size
+    w0, h0 = w0 + 0.1, h0 + 0.1  # "a small number to avoid floating point error in the interpolation"
+    patch_pos_embed = F.interpolate(
+        patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
+        scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)), mode="bicubic")
+    assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
+
+
+def test_vit_other_image_size_takes_dinos_position_table(tmp_path):
+    """At 48 px a 32 px ViT adds DINO's resized position table: the same network as the HF model with that
+    table, and not transformers' own resize (which differs by the 0.1 offset). The table is resized once, in
+    float32, when the backbone is built, so the comparison is in float32 with float32's rounding bound."""
     config = ViTConfig(**SMALL, image_size=32, patch_size=8)
     model = saved_model(ViTModel, config, tmp_path)
     backbone = build_backbone("vit", [3], path=tmp_path, image_size=48)
@@ -93,9 +121,14 @@ def test_vit_other_image_size_interpolates_positions(tmp_path):
     patches, cls = backbone(pixels)
 
     assert backbone.grid == (6, 6) and patches.shape == (2, 36, 32)
-    expected_patches, expected_cls = reference(model, pixels, [3], prefix_tokens=1, interpolate_pos_encoding=True)
-    assert torch.allclose(patches, expected_patches, atol=1e-5)
-    assert torch.allclose(cls, expected_cls, atol=1e-5)
+    transformers_resize = reference(model, pixels, [3], prefix_tokens=1, interpolate_pos_encoding=True)
+    with torch.no_grad():
+        table = model.embeddings.position_embeddings
+        model.embeddings.position_embeddings = nn.Parameter(dino_interpolate_pos_encoding(table, 36, 48, 48, 8))
+        expected_patches, expected_cls = reference(model, pixels, [3], prefix_tokens=1, interpolate_pos_encoding=True)
+    assert_same_maths(patches, expected_patches, VIT_REDUCTION, VIT_DEPTH)
+    assert_same_maths(cls, expected_cls, VIT_REDUCTION, VIT_DEPTH)
+    assert (patches - transformers_resize[0]).abs().max() > 1e-3  # the offset matters
 
 
 @pytest.mark.parametrize(
@@ -258,7 +291,9 @@ class DinoViT(nn.Module):
 
     def forward(self, pixels):
         patches = self.patch_embed["proj"](pixels).flatten(2).transpose(1, 2)  # (F, P, C)
-        x = torch.cat([self.cls_token.expand(len(pixels), -1, -1), patches], dim=1) + self.pos_embed
+        x = torch.cat([self.cls_token.expand(len(pixels), -1, -1), patches], dim=1)
+        patch = self.patch_embed["proj"].kernel_size[0]
+        x = x + dino_interpolate_pos_encoding(self.pos_embed, patches.shape[1], *pixels.shape[2:], patch)
         outputs = []
         for block in self.blocks:
             x = block(x)
@@ -297,14 +332,30 @@ def test_dino_file_matches_dino_forward_through_loader(tmp_path, kind, name):
     vit = DinoViT(width=192, heads=3).eval()  # DINO's vit_tiny width: 3 heads from the width table
     path = write_dino_file(vit, tmp_path / name, kind)
     backbone = build_backbone("vit", [0, 1], path=path, image_size=32)
-    pixels = frames(3)
+    pixels = frames(3).double()
+
+    patches, cls = backbone.double()(pixels)  # the mapping is exact: compared in float64
+
+    expected_patches, expected_cls = dino_reference(vit.double(), pixels, [0, 1])
+    assert (backbone.patch_dim, backbone.cls_dim, backbone.grid) == (384, 192, (4, 4))
+    assert_same_maths(patches, expected_patches, VIT_REDUCTION, VIT_DEPTH)
+    assert_same_maths(cls, expected_cls, VIT_REDUCTION, VIT_DEPTH)
+
+
+@pytest.mark.parametrize("size", [40, 64])
+def test_dino_file_at_other_sizes_matches_dinos_own_resize(tmp_path, size):
+    """float32, as the position table is resized when the backbone is built (see the test above)."""
+    vit = DinoViT(width=192, heads=3).eval()  # trained at 32 px (4 x 4 patches)
+    path = write_dino_file(vit, tmp_path / "dino.pth", "pth")
+    backbone = build_backbone("vit", [0, 1], path=path, image_size=size)
+    pixels = frames(2, size=size)
 
     patches, cls = backbone(pixels)
 
     expected_patches, expected_cls = dino_reference(vit, pixels, [0, 1])
-    assert (backbone.patch_dim, backbone.cls_dim, backbone.grid) == (384, 192, (4, 4))
-    torch.testing.assert_close(patches, expected_patches, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cls, expected_cls, atol=1e-5, rtol=1e-5)
+    assert backbone.grid == (size // 8, size // 8)
+    assert_same_maths(patches, expected_patches, VIT_REDUCTION, VIT_DEPTH)
+    assert_same_maths(cls, expected_cls, VIT_REDUCTION, VIT_DEPTH)
 
 
 def test_converted_folder_holds_dino_config_and_gives_same_blocks(tmp_path):
@@ -318,19 +369,34 @@ def test_converted_folder_holds_dino_config_and_gives_same_blocks(tmp_path):
     assert (saved.hidden_size, saved.num_hidden_layers, saved.num_attention_heads, saved.intermediate_size,
             saved.patch_size, saved.image_size) == (48, 2, 3, 96, 8, 32)
     assert (saved.layer_norm_eps, saved.qkv_bias, saved.hidden_act) == (1e-6, True, "gelu")
-    backbone = build_backbone("vit", [0, 1], path=tmp_path / "converted", image_size=32)
-    pixels = frames(2)
-    for got, expected in zip(backbone(pixels), dino_reference(vit, pixels, [0, 1])):
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    backbone = build_backbone("vit", [0, 1], path=tmp_path / "converted", image_size=32).double()
+    pixels = frames(2).double()
+    for got, expected in zip(backbone(pixels), dino_reference(vit.double(), pixels, [0, 1])):
+        assert_same_maths(got, expected, VIT_REDUCTION, VIT_DEPTH)
 
 
 def test_convert_refuses_to_replace_without_overwrite(tmp_path):
     path = write_dino_file(DinoViT(width=192, heads=3), tmp_path / "vit.pth", "pth")
     convert_backbone(path, tmp_path / "out")
-    with pytest.raises(MVFormerError, match="config.json: already exists"):
+    with pytest.raises(MVFormerError, match="out: already exists; pass --overwrite"):
         convert_backbone(path, tmp_path / "out")
     convert_backbone(path, tmp_path / "out", overwrite=True)
     assert sorted(entry.name for entry in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
+    (tmp_path / "out" / "notes.txt").write_text("the user's")
+    with pytest.raises(MVFormerError, match="not an earlier output .*it holds config.json, model.safetensors, notes"):
+        convert_backbone(path, tmp_path / "out", overwrite=True)
+
+
+@pytest.mark.parametrize("spoil, message", [(lambda value: value * float("nan"), "NaN or Inf"),
+                                            (lambda value: value.long(), "is torch.int64, not floating point")])
+def test_weights_that_cannot_be_used_are_refused_before_any_file(tmp_path, spoil, message):
+    state = {key: spoil(value) for key, value in DinoViT(width=192, heads=3).state_dict().items()}
+    torch.save(state, tmp_path / "spoilt.pth")
+    with pytest.raises(MVFormerError, match=message):
+        convert_backbone(tmp_path / "spoilt.pth", tmp_path / "out")
+    with pytest.raises(MVFormerError, match=message):
+        build_backbone("vit", [0], path=tmp_path / "spoilt.pth", image_size=32)
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_width_asks_for_the_number_of_heads(tmp_path):

@@ -68,7 +68,8 @@ class World:
             self._write(self.out / name, b"earlier")
         self._write(self.out / "attention" / "attention_strip.png", b"earlier")
         (self.out / "folder.gif").mkdir()
-        self.refs = {kind: self._reference(kind) for kind in ("one_phase", "unlabelled", "no_labels", "gap")}
+        self.refs = {kind: self._reference(kind) for kind in ("one_phase", "unlabelled", "no_labels", "gap", "short",
+                                                              "alone")}
         self.npz = self._npz_files()
 
     def _write(self, path: Path, data: bytes) -> str:
@@ -104,6 +105,10 @@ class World:
                 labels = ["-1"] * len(labels)
             elif kind == "gap" and index == 1:  # one video without 'tilt', which the others hold
                 labels = ["approach" if label == "tilt" else label for label in labels]
+            elif kind == "short" and index == 1:  # a row fewer than the video has frames
+                labels = labels[:-1]
+            elif kind == "alone" and index > 0:  # only the first video is labelled
+                labels = ["-1"] * len(labels)
             path.write_text("frame,label\n" + "".join(f"{frame},{label}\n" for frame, label in enumerate(labels)))
         return str(root)
 
@@ -117,8 +122,6 @@ class World:
         nan[3, 1], inf[5, 0], huge[2, 2] = np.nan, -np.inf, 1e300
         big_label, low_label = train_labels.copy(), train_labels.copy()
         big_label[4], low_label[4] = 2**40, -5
-        first_unlabelled = [np.full_like(labels, -1) if i == 0 else labels for i, labels in enumerate(dataset[1])]
-        no_phase_one = [np.where(labels == 1, 0, labels) if i == 2 else labels for i, labels in enumerate(dataset[1])]
         variants = {
             "good": {},
             "no_values": {"train_embs": np.zeros((frames, 0), dtype=np.float32)},  # (N, 0)
@@ -133,8 +136,6 @@ class World:
             "bool_labels": {"train_labels": train_labels > 0},
             "labels_2d": {"train_labels": train_labels[:, None]},
             "val_unlabelled": {"val_labels": np.full(sum(map(len, dataset[3])), -1)},
-            "first_train_unlabelled": {"train_labels": np.concatenate(first_unlabelled)},
-            "phase_missing": {"train_labels": np.concatenate(no_phase_one)},
             "empty_lens": {"train_lens": np.zeros(0, dtype=np.int64)},
         }
         paths = {name: str(write_npz(folder / f"{name}.npz", dataset, **arrays)) for name, arrays in variants.items()}
@@ -250,6 +251,8 @@ add("align: corrupt image in a frame folder", lambda w: ["align", w.ckpt, w.v0, 
                                                           f"{w.out}/a.gif"], "b_corrupt", "cannot decode")
 add("align: a folder of videos as a video", lambda w: ["align", w.ckpt, w.v0, str(w.mixed), O, f"{w.out}/a.gif"],
     "mixed", "not a frame folder")
+add("align: phase labels of another length", lambda w: ["align", w.ckpt, w.v0, f"{w.refs['short']}/videos/pour_001.mp4",
+                                                         O, f"{w.out}/a.gif"], "labels/pour_001.csv", "rows but")
 
 # --- retrieve --------------------------------------------------------------------------------------------------
 retrieve_args = lambda w, query, *extra: ["retrieve", w.ckpt, "--query", query, "--gallery", str(w.root),
@@ -273,8 +276,8 @@ add("retrieve: table beside the sheet exists", lambda w: retrieve_args(w, f"{w.v
 add("retrieve: empty gallery", lambda w: ["retrieve", w.ckpt, "--query", f"{w.v0}:1", "--gallery", str(w.empty), O,
                                           f"{w.out}/r.png"], "empty", "holds no videos")
 add("retrieve: gallery holds only the query", lambda w: ["retrieve", w.ckpt, "--query", f"{w.v0}:1", "--gallery",
-                                                          w.v0, O, f"{w.out}/r.png", "--other-videos"],
-    "no video but the query's")
+                                                          w.v0, O, f"{w.out}/r.png"],
+    "no video but the query's", "--include-query-video")
 add("retrieve: undecodable query", lambda w: retrieve_args(w, f"{w.broken}:1"), "broken.mp4", "cannot decode")
 
 # --- attention -------------------------------------------------------------------------------------------------
@@ -304,14 +307,16 @@ add("progress: every frame unlabelled", lambda w: progress_args(w, w.refs["unlab
     "every label is -1")
 add("progress: no labels", lambda w: progress_args(w, w.refs["no_labels"]), "ref_no_labels", "no frame labels")
 add("progress: a video lacks a phase", lambda w: progress_args(w, w.refs["gap"]), "labels/pour_001.csv", "'tilt'")
+add("progress: the video is the only labelled reference", lambda w: progress_args(w, w.refs["alone"])[:5]
+    + [f"{w.refs['alone']}/videos/pour_000.mp4", O, f"{w.out}/p.png"], "pour_000.mp4", "only labelled reference")
 add("progress: output inside the reference", lambda w: progress_args(w, str(w.root))[:-1]
     + [f"{w.root}/labels/pour_000.png", "--overwrite"], "pour_000.png", "inside the input folder")
 add("progress: output not a png", lambda w: progress_args(w, str(w.root))[:-1] + [f"{w.out}/p.svg"], "p.svg", ".png")
 add("progress: table beside the plot exists", lambda w: progress_args(w, str(w.root))[:-1] + [f"{w.out}/plot.png"],
     "plot.csv", "already exists")
-add("progress: split with a path", lambda w: progress_args(w, str(w.root), "--split", "../../x"), "'../../x'",
+add("progress: split with a path", lambda w: progress_args(w, str(w.root), "--reference-split", "../../x"), "'../../x'",
     "not a plain file name")
-add("progress: split that does not exist", lambda w: progress_args(w, str(w.root), "--split", "test"),
+add("progress: split that does not exist", lambda w: progress_args(w, str(w.root), "--reference-split", "test"),
     "splits/test.txt", "does not exist")
 add("progress: reference root missing", lambda w: progress_args(w, f"{w.base}/no_root"), "no_root", "does not exist")
 add("progress: video missing", lambda w: progress_args(w, str(w.root))[:5] + [f"{w.inputs}/absent.mp4", O,
@@ -335,9 +340,7 @@ for name, fragments in {
     "complex": ("train_embs", "complex64"),
     "bool_labels": ("train_labels", "bool"),
     "labels_2d": ("train_labels", "1-D"),
-    "val_unlabelled": ("val_labels", "unlabelled"),
-    "first_train_unlabelled": ("first 1 training video",),
-    "phase_missing": ("train video 2", "phase 1"),
+    "val_unlabelled": ("validation videos", "every label is -1", "nothing to score"),
     "objects": ("objects.npz", "cannot read"),
 }.items():
     add(f"evaluate-embeddings: {name}", scores_args(name, "--fractions", "0.1", "1"), f"{name}.npz", *fragments)

@@ -711,13 +711,14 @@ def synthetic(w: World, dest: Path, *extra: str, fragments: tuple[str, ...]) -> 
 
 def synthetic_into_an_existing_dataset(w: World) -> Case:
     root = w.take("generic")
-    return synthetic(w, root, fragments=(f"{root}: already exists and is not empty; pass --overwrite",))
+    return synthetic(w, root, fragments=(f"{root}: already exists; pass --overwrite",))
 
 
 def synthetic_overwrite_never_deletes_other_files(w: World) -> Case:
     root = w.take("generic")
     (root / "notes.txt").write_text("mine")
-    return synthetic(w, root, "--overwrite", fragments=(f"{root}: holds notes.txt", "even with --overwrite"))
+    return synthetic(w, root, "--overwrite", fragments=(f"{root}: exists and is not an earlier output",
+                                                        "holds notes.txt", "even with --overwrite"))
 
 
 def synthetic_into_a_file(w: World) -> Case:

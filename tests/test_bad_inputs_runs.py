@@ -22,6 +22,10 @@ def world(tmp_path_factory):
     state["model"] = {key: value.float() * float("nan") if value.is_floating_point() else value
                       for key, value in state["model"].items()}
     torch.save(state, nan / "checkpoint.pt")
+    integers = base / "integers"
+    integers.mkdir()
+    torch.save({**state, "model": {key: value.long() for key, value in state["model"].items()}},
+               integers / "checkpoint.pt")
     for name, content in (("no_model.pt", {k: v for k, v in state.items() if k != "model"}),
                           ("string_config.pt", {**state, "config": "penn_action"})):
         torch.save(content, base / name)
@@ -29,6 +33,10 @@ def world(tmp_path_factory):
     (base / "empty.yaml").write_text("")
     (base / "base_list.yaml").write_text("base: [1, 2]\n")
     (base / "a_file").write_text("not a folder")
+    (base / "mine").mkdir()
+    (base / "mine" / "notes.txt").write_text("the user's")
+    assert main(["evaluate", str(run), "--out", str(base / "earlier"), "--no-progress"]) == 0
+    (base / "link").symlink_to(base / "earlier")
     return {"base": base, "root": root, "run": run, "nan": nan}
 
 
@@ -48,10 +56,18 @@ def cases(w) -> list[Case]:
             ("train.grad_clip=-1", "'train.grad_clip' must lie in"), ("model.num_layers=0", "'model.num_layers'"),
             ("eval.ks=[0]", "'eval.ks' must lie in"), ("eval.ks=[]", "'eval.ks' must list at least one value"),
             ("train.objective=magic", "'train.objective' is 'magic'"), ("data.frames=stretch", "'data.frames'"),
-            ("model.num_token=5", "did you mean 'model.num_tokens'"), ("train.precision=fp8", "'train.precision'")]
+            ("model.num_token=5", "did you mean 'model.num_tokens'"), ("train.precision=fp8", "'train.precision'"),
+            ("train.batch_size=5", "larger than the training set (4 videos)"),
+            ("data.clip_len=100000", "'data.clip_len' must lie in"),
+            ("tcc.temperature=1e-300", "'tcc.temperature' must lie in"),
+            ("tcc.huber_delta=1e300", "'tcc.huber_delta' must lie in"),
+            ("tcn.reg_lambda=1e300", "'tcn.reg_lambda' must lie in"),
+            ("tcn.positive_window=100000000000000000000", "'tcn.positive_window' must lie in")]
     table = [Case(f"train --set {override}", train_args(root, fresh, "--set", override), (override.split("=")[0],
                   message), watch) for override, message in sets]
     table += [
+        Case("TCC with one video per batch", train_args(root, fresh, "--set", "train.objective=tcc", "--set",
+                                                        "train.batch_size=1"), ("train.objective tcc",), watch),
         Case("config of random bytes", ["train", str(base / "bytes.yaml")], ("bytes.yaml", "not a UTF-8"), watch),
         Case("empty config", ["train", str(base / "empty.yaml")], ("empty.yaml", "empty"), watch),
         Case("base: [1, 2]", ["train", str(base / "base_list.yaml")], ("base_list.yaml", "'base' must name"), watch),
@@ -66,15 +82,37 @@ def cases(w) -> list[Case]:
         Case("init_from nowhere", train_args(root, fresh, "--set", f"train.init_from={base / 'nowhere'}"),
              ("nowhere", "not found"), watch),
         Case("evaluate NaN weights", ["evaluate", str(w["nan"]), "--out", str(fresh)], ("NaN or Inf",), watch),
-        Case("evaluate into existing results", ["evaluate", str(run), "--out", str(base)], ("--overwrite",), watch),
+        Case("evaluate integer weights", ["evaluate", str(base / "integers"), "--out", str(fresh)],
+             ("is torch.int64, not floating point",), watch),
+        Case("export integer weights", ["export", str(base / "integers"), "--out", str(fresh)],
+             ("is torch.int64, not floating point",), watch),
+        Case("init_from NaN weights", train_args(root, fresh, "--set", f"train.init_from={w['nan']}"),
+             ("NaN or Inf",), watch),
+        Case("evaluate into existing results", ["evaluate", str(run), "--out", str(base / "earlier")],
+             ("already exists; pass --overwrite",), watch),
+        Case("evaluate around the run", ["evaluate", str(run), "--out", str(base), "--overwrite"],
+             ("must lie outside the input", "must not hold it"), watch),
         Case("evaluate into the run itself", ["evaluate", str(run / "checkpoint.pt"), "--out", str(run),
-                                              "--overwrite"], ("would hold the checkpoint",), watch),
+                                              "--overwrite"], ("must lie outside the input", "checkpoint.pt"), watch),
+        Case("evaluate into the dataset", ["evaluate", str(run), "--out", str(root), "--overwrite"],
+             ("must lie outside the input",), watch),
+        Case("evaluate into the dataset's videos", ["evaluate", str(run), "--out", str(root / "videos"),
+                                                    "--overwrite"], ("must lie outside the input",), watch),
+        Case("evaluate over a user's folder", ["evaluate", str(run), "--out", str(base / "mine"), "--overwrite"],
+             ("mine", "not an earlier output of this command (no metrics.json)"), watch),
+        Case("evaluate through a symbolic link", ["evaluate", str(run), "--out", str(base / "link"), "--overwrite"],
+             ("link", "is a symbolic link"), watch),
+        Case("evaluate a Hub id without --out", ["evaluate", "some-org/some-model"], ("pass --out DIR",), watch),
         Case("evaluate a checkpoint without model", ["evaluate", str(base / "no_model.pt"), "--out", str(fresh)],
              ("lacks 'model'",), watch),
         Case("evaluate a checkpoint with a string config", ["evaluate", str(base / "string_config.pt"), "--out",
                                                             str(fresh)], ("'config' is a str",), watch),
         Case("export NaN weights", ["export", str(w["nan"]), "--out", str(fresh)], ("NaN or Inf",), watch),
-        Case("export over files", ["export", str(run), "--out", str(base)], ("already holds files",), watch),
+        Case("export over files", ["export", str(run), "--out", str(base / "mine")], ("already exists",), watch),
+        Case("export over a user's folder", ["export", str(run), "--out", str(base / "mine"), "--overwrite"],
+             ("not an earlier output",), watch),
+        Case("export around the run", ["export", str(run), "--out", str(base), "--overwrite"],
+             ("must lie outside the input",), watch),
         Case("export of nothing", ["export", str(base / "nowhere"), "--out", str(fresh)], ("not found",), watch),
         Case("convert-backbone of nothing", ["convert-backbone", str(base / "nowhere.pth"), str(fresh)],
              ("nowhere.pth",), watch),

@@ -191,7 +191,8 @@ def test_single_validation_video_gives_null_tau_and_ap_and_a_note(tmp_path, caps
     assert scores["datasets"]["one"]["kendalls_tau"] is None and scores["mean"]["kendalls_tau"] is None
     assert scores["datasets"]["one"]["retrieval"] == {"5": None, "10": None, "15": None}
     assert scores["datasets"]["one"]["classification"]["1.0"] is not None
-    assert len(err.splitlines()) == 1 and str(path) in err and "note" in err and "undefined" in err
+    assert len(err.splitlines()) == 1 and str(path) in err and "kendalls_tau and retrieval skipped (n/a)" in err
+    assert "1 validation video(s) with labelled frames" in err
     assert "n/a" in stdout
 
 
@@ -200,10 +201,42 @@ def test_mean_is_null_where_one_dataset_is_null(tmp_path):
     paths = [write_npz(tmp_path / "one.npz", (train_embs, train_labels, val_embs[:1], val_labels[:1])),
              write_npz(tmp_path / "many.npz", (train_embs, train_labels, val_embs, val_labels))]
     notes = []
-    result = score_files(paths, tasks=("kendalls_tau", "retrieval"), ks=(5,), note=notes.append)
+    result = score_files(paths, tasks=("classification", "kendalls_tau", "retrieval"), ks=(5,), fractions=(1.0,),
+                         note=notes.append)
     assert result["datasets"]["many"]["kendalls_tau"] is not None
-    assert result["mean"] == {"kendalls_tau": None, "retrieval": {"5": None}}
+    assert result["mean"]["kendalls_tau"] is None and result["mean"]["retrieval"] == {"5": None}
+    assert result["mean"]["classification"]["1.0"] is not None
     assert len(notes) == 1 and "one.npz" in notes[0]
+
+
+@pytest.mark.parametrize(("change", "skipped", "fragments"), [
+    ("phase_missing", ("progression",), ("train video 'train2' has no frame of phase 1", "--tasks classification "
+                                                                                          "kendalls_tau retrieval")),
+    ("first_train_unlabelled", ("classification", "progression"),
+     ("classification and progression skipped", "no labelled frame in the first 1 training video(s)")),
+])
+def test_a_task_the_labels_do_not_allow_is_skipped_and_the_rest_scored(tmp_path, capsys, change, skipped, fragments):
+    """One line names the video and the phase (or the videos) and says how to leave the task out; the other
+    tasks get exactly the scores they get when asked for alone."""
+    train_embs, train_labels, val_embs, val_labels = make_dataset(11)
+    if change == "phase_missing":
+        train_labels[2] = np.where(train_labels[2] == 1, 0, train_labels[2])
+    else:
+        train_labels[0] = np.full_like(train_labels[0], -1)
+    path = write_npz(tmp_path / "some.npz", (train_embs, train_labels, val_embs, val_labels))
+    out = tmp_path / "scores.json"
+    status, _, err = run(["evaluate-embeddings", str(path), "--fractions", "0.1", "1", "--json", str(out)], capsys)
+    assert status == 0 and len(err.splitlines()) == 1 and str(path) in err
+    for fragment in fragments:
+        assert fragment in err
+    scores = json.loads(out.read_text())["datasets"]["some"]
+    kept = [task for task in TASKS if task not in skipped]
+    alone = score_files([path], tasks=kept, fractions=(0.1, 1.0))["datasets"]["some"]
+    for task in TASKS:
+        if task in skipped:
+            assert set(scores[task].values()) == {None}
+        else:
+            assert scores[task] == alone[task]
 
 
 def test_pairwise_metrics_do_not_depend_on_the_tiling(monkeypatch):

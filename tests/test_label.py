@@ -5,6 +5,7 @@ demo model, and one-line errors that leave nothing half-written."""
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from bad_inputs import one_line_failure
 from tiny_runs import trained_demo_run
 from mvformer.apps import label as label_app
-from mvformer.apps.videos import embed_video_file
+from mvformer.apps.videos import embed, output_name
 from mvformer.checkpoint import load_model
 from mvformer.cli import main
 from mvformer.data.datasets import VideoDataset
@@ -191,10 +192,10 @@ def test_label_writes_a_dataset_and_scores_against_relative_time(run_and_data, c
     assert confidence[0] == ["frame", "label", "confidence"] and len(confidence) == dataset.records[1].num_frames + 1
     assert [row[1] for row in confidence[1:]] == [phase_names[c] for c in dataset.records[1].labels]
     (lender,) = summary["videos"]["pour_005"]["references"]
-    model, device = load_model(run, "cpu")
+    trained = load_model(run, "cpu")
     lender_record = next(r for r in VideoDataset(root, "train").records if r.name == lender)
-    expected = transfer.transfer_labels(embed_video_file(model, videos[1], device).embeddings,
-                                        [embed_video_file(model, lender_record.path, device).embeddings],
+    expected = transfer.transfer_labels(embed(trained, videos[1]).embeddings,
+                                        [embed(trained, lender_record.path).embeddings],
                                         [lender_record.labels], 4)
     np.testing.assert_array_equal(dataset.records[1].labels, expected.labels)
     np.testing.assert_allclose([float(row[2]) for row in confidence[1:]], expected.confidence, atol=5e-5)
@@ -220,6 +221,21 @@ def test_label_writes_a_dataset_and_scores_against_relative_time(run_and_data, c
     assert (f"warning: alignment gains {gain:+.4f} frame accuracy" in printed) == (gain < TIME_ONLY_MARGIN)
 
 
+def test_split_names_the_targets_and_reference_split_the_lenders(run_and_data, tmp_path, capsys):
+    """`--split val` labels exactly the reference root's val videos, from its train videos (--reference-split),
+    scored against their own hand labels: the same result as listing those videos by hand."""
+    run, root = run_and_data
+    by_split, by_hand = tmp_path / "by_split", tmp_path / "by_hand"
+    val_videos = [str(record.path) for record in VideoDataset(root, "val").records]
+    common = ["--reference", str(root), "--reference-split", "train", "--score", "--no-progress"]
+    assert main(["label", str(run), *common, "--split", "val", "--out", str(by_split)]) == 0
+    assert main(["label", str(run), *common, "--videos", *val_videos, "--out", str(by_hand)]) == 0
+    capsys.readouterr()
+    from_split, from_hand = (json.loads((out / "transfer.json").read_text()) for out in (by_split, by_hand))
+    assert list(from_split["videos"]) == [Path(video).stem for video in val_videos]
+    assert from_split["scores"] == from_hand["scores"] and from_split["scores"]["videos"] == len(val_videos)
+    one_line_failure(["label", str(run), "--reference", str(root), "--split", "test", "--out", str(tmp_path / "x")],
+                     capsys, "splits/test.txt")
 
 
 def nothing_left(out):
@@ -271,13 +287,25 @@ def test_a_failure_while_writing_leaves_the_previous_output(run_and_data, tmp_pa
     run, root = run_and_data
     out = tmp_path / "out"
     video = root / "videos" / "pour_005.mp4"
-    label_app.label_videos(run, root, [video], out, device="cpu", log=lambda line: None)
+    label_app.label_command(run, root, [video], out, device="cpu", log=lambda line: None)
     before = (out / "labels" / "pour_005.csv").read_text()
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
     monkeypatch.setattr(label_app, "write_split", broken)
-    with pytest.raises(OSError, match="disk full"):
-        label_app.label_videos(run, root, [video, root / "videos" / "pour_006.mp4"], out, overwrite=True, device="cpu")
+    with pytest.raises(MVFormerError, match=r"out: cannot write it \(disk full\); nothing was replaced"):
+        label_app.label_command(run, root, [video, root / "videos" / "pour_006.mp4"], out, overwrite=True,
+                                device="cpu")
     assert (out / "labels" / "pour_005.csv").read_text() == before and not (out / "labels" / "pour_006.csv").exists()
     assert not list(tmp_path.glob(".out.*"))
+
+
+def test_names_a_split_file_cannot_hold_are_refused_before_any_work(run_and_data, tmp_path, capsys):
+    run, root = run_and_data
+    odd = tmp_path / "two\nlines.mp4"
+    shutil.copy(root / "videos" / "pour_005.mp4", odd)
+    one_line_failure(["label", str(run), "--reference", str(root), "--videos", str(odd), "--out",
+                      str(tmp_path / "out")], capsys, "'two\\nlines' cannot be a video's name in a split file")
+    assert nothing_left(tmp_path / "out")
+    (tmp_path / "clips").mkdir()
+    assert output_name(tmp_path / "clips" / "..") == tmp_path.name  # named by the folder it means, not '..'

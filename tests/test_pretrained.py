@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mvformer.cli import main
-from mvformer.config import load_config
+from mvformer.config import RANGES, load_config
 from mvformer.errors import MVFormerError
-from mvformer.model.mvformer import build_model
-from mvformer.pretrained import FORMAT_VERSION, load_pretrained, model_card, save_pretrained
+from mvformer.model.mvformer import MVFormer, build_model
+from mvformer.pretrained import FORMAT_VERSION, load_pretrained, model_card, read_pretrained, save_pretrained
 from mvformer.checkpoint import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoint, save_checkpoint
 from mvformer.runtime import random_states
 
@@ -50,7 +50,7 @@ def assert_one_line_error(error: pytest.ExceptionInfo, *fragments: str) -> None:
 def test_round_trip_gives_identical_embeddings(tmp_path, overrides):
     config = demo_config(*overrides)
     model = trained_model(config)
-    out = save_pretrained(model, tmp_path / "export", metrics=METRICS)
+    out = save_pretrained(model, tmp_path / "export", config, metrics=METRICS)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
     stored = json.loads((out / "config.json").read_text())
@@ -59,8 +59,8 @@ def test_round_trip_gives_identical_embeddings(tmp_path, overrides):
     assert not any(key.startswith("backbone.") for key in load_file(out / "model.safetensors"))
 
     torch.manual_seed(123)  # a fresh initialisation, so equality can only come from the loaded weights
-    loaded = load_pretrained(out)
-    assert not loaded.training and loaded.config == config
+    loaded, stored_config = read_pretrained(out)
+    assert not loaded.training and stored_config == config
     frames = frames_for(config)
     assert not torch.equal(build_model(config).eval()(frames), model(frames))
     assert torch.equal(loaded(frames), model(frames))
@@ -194,20 +194,20 @@ def test_save_refuses_a_foreign_non_empty_folder(tmp_path):
     (folder / "thesis.tex").write_text("keep me")
     with pytest.raises(MVFormerError) as error:
         save_pretrained(model, folder)
-    assert_one_line_error(error, str(folder), "already holds files", "--overwrite")
-    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
-
-    save_pretrained(model, folder, overwrite=True)
-    assert (folder / "thesis.tex").read_text() == "keep me"
-    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in folder.iterdir()}
+    assert_one_line_error(error, str(folder), "already exists; pass --overwrite")
+    with pytest.raises(MVFormerError) as error:  # a folder that is not an export is never replaced
+        save_pretrained(model, folder, overwrite=True)
+    assert_one_line_error(error, str(folder), "not an earlier output", "no config.json of format 'mvformer-pretrained'")
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"] and (folder / "thesis.tex").read_text() == \
+        "keep me"
 
     retrained = trained_model(demo_config(), seed=5)
     save_pretrained(retrained, tmp_path / "export")
     with pytest.raises(MVFormerError) as error:  # another model's export is never replaced without asking
         save_pretrained(model, tmp_path / "export")
-    assert_one_line_error(error, "already holds an mvformer export", "--overwrite")
+    assert_one_line_error(error, "already exists; pass --overwrite")
     save_pretrained(model, tmp_path / "export", overwrite=True)
-    frames = frames_for(model.config)
+    frames = frames_for(demo_config())
     assert torch.equal(load_pretrained(tmp_path / "export")(frames), model(frames))
     assert not list((tmp_path / "export").glob(".*.tmp"))
 
@@ -218,7 +218,8 @@ def test_save_refuses_a_foreign_non_empty_folder(tmp_path):
 
 def test_model_card_describes_model_data_metrics_and_backbone(tmp_path):
     config = demo_config("train.epochs=40")
-    out = save_pretrained(trained_model(config), tmp_path / "export", metrics=METRICS, data="synthetic pouring v2")
+    out = save_pretrained(trained_model(config), tmp_path / "export", config, metrics=METRICS,
+                          data="synthetic pouring v2")
     card = (out / "README.md").read_text()
     assert card.startswith("# demo\n")
     for row in ("| classification/1.0 | 0.8125 |", "| progression/0.1 | 0.5000 |", "| kendalls_tau | 0.9375 |",
@@ -319,7 +320,7 @@ def test_export_command(tmp_path, capsys):
 
     (run / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
     assert main(["export", str(run / "checkpoint.pt"), "--out", str(tmp_path / "export")]) == 2  # never replaced
-    assert "already holds an mvformer export" in capsys.readouterr().err
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert main(["export", str(run / "checkpoint.pt"), "--out", str(tmp_path / "export"), "--overwrite"]) == 0
     assert "No evaluation was recorded" in (tmp_path / "export" / "README.md").read_text()
 
@@ -328,10 +329,25 @@ def test_export_command(tmp_path, capsys):
     (foreign / "data.csv").write_text("1,2\n")
     assert main(["export", str(run), "--out", str(foreign)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mvformer: error: ") and err.count("\n") == 1 and "already holds files" in err
-    assert main(["export", str(run), "--out", str(foreign), "--overwrite"]) == 0
-    assert (foreign / "model.safetensors").is_file() and (foreign / "data.csv").is_file()
+    assert err.startswith("mvformer: error: ") and err.count("\n") == 1 and "already exists" in err
+    assert main(["export", str(run), "--out", str(foreign), "--overwrite"]) == 2
+    assert "not an earlier output" in capsys.readouterr().err
+    assert [path.name for path in foreign.iterdir()] == ["data.csv"]
 
     assert main(["export", str(tmp_path / "no_run"), "--out", str(tmp_path / "x")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_model_built_without_a_run_exports_and_loads(tmp_path):
+    """save_pretrained needs no run config: the export stores the model's architecture and input
+    (`MVFormer.as_config`), and loads to the same embeddings."""
+    config = demo_config()
+    torch.manual_seed(0)
+    model = MVFormer(config.model, config.backbone, image_size=64, train_len=24).eval()
+    loaded, stored = read_pretrained(save_pretrained(model, tmp_path / "export"))
+    assert (stored.data.image_size, stored.data.clip_len, stored.model) == (64, 24, config.model)
+    never_chunked = RANGES["eval.frames_per_batch"][1]
+    assert (loaded.image_size, loaded.train_len, loaded.max_encoder_frames) == (64, 24, never_chunked)
+    frames = frames_for(config)
+    assert torch.equal(loaded(frames), model(frames))

@@ -1,7 +1,9 @@
 """`mvformer report` in a real browser: headless Chromium (Debian's chromium and chromium-driver packages), driven
 through chromedriver's W3C WebDriver endpoints with the standard library. The page is loaded from file://; the test
 checks the metrics table, that every video decodes and shows a picture, that seeking the reference moves another
-video to the frame its alignment path names, and saves a screenshot. Skipped only where no Chromium is installed."""
+video to the frame its alignment path names and its phase label to that frame's, that nothing overflows an 800 px
+window, and takes screenshots at 800 and 1400 px (kept in $MVFORMER_KEEP_SCREENSHOTS when that names a folder).
+Skipped only where no Chromium is installed."""
 
 import base64
 import html
@@ -23,8 +25,11 @@ from bad_inputs import one_line_failure
 from tiny_runs import trained_demo_run
 from mvformer.apps import report
 from mvformer.apps.align import shown_frames
-from mvformer.apps.videos import embed_video_file
+from mvformer.apps.videos import embed
+from mvformer.apps.report import encode_for_browser
 from mvformer.checkpoint import load_model
+from mvformer.data.video import write_video
+from mvformer.viz import MAX_DISPLAY_ASPECT
 from mvformer.cli import main
 from mvformer.config import load_config
 from mvformer.data.datasets import VideoDataset
@@ -67,8 +72,8 @@ def test_report_folder_holds_the_page_its_data_and_browser_ready_videos(built):
     page = (out / "index.html").read_text()
     assert "https://" not in page and "http://" not in page  # nothing is fetched
     data = json.loads((out / "report.json").read_text())
-    model, device = load_model(run, "cpu")
-    embeddings = [embed_video_file(model, v, device).embeddings for v in videos]
+    trained = load_model(run, "cpu")
+    embeddings = [embed(trained, v).embeddings for v in videos]
     for index, (video, embs) in enumerate(zip(videos, embeddings)):
         listed = data["videos"][index]
         assert listed["frames"] == len(embs) and listed["fps"] == 25.0
@@ -85,13 +90,19 @@ def test_report_folder_holds_the_page_its_data_and_browser_ready_videos(built):
     header = (out / "videos" / "00.mp4").read_bytes()[:4096]
     assert b"moov" in header  # the index comes before the frames (+faststart)
 
+    classes = (root / "classes.txt").read_text().split()
+    for listed, video in zip(data["videos"], videos):
+        labels = [classes.index(row.split(",")[1]) for row in
+                  (root / "labels" / f"{video.stem}.csv").read_text().splitlines()[1:]]
+        assert listed["phases"]["labels"] == labels and listed["phases"]["names"] == classes
+    assert f"<h1>{root.name}: mvformer report</h1>" in page  # named by the data, not the config ("demo")
     model_row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["eval"]
     assert data["metrics"]["model"] == model_row
     train_set, val_set = VideoDataset(root, "train"), VideoDataset(root, "val")
     labels = ([r.labels for r in train_set.records], [r.labels for r in val_set.records])
-    expected_time_only = time_only_metrics(*labels, train_set.num_classes, model.config.model.hidden_size,
-                                           model.config.data.clip_len, fractions=model.config.eval.fractions,
-                                           ks=model.config.eval.ks)
+    config = trained.config
+    expected_time_only = time_only_metrics(*labels, train_set.num_classes, config.model.hidden_size,
+                                           config.data.clip_len, fractions=config.eval.fractions, ks=config.eval.ks)
     assert data["metrics"]["time_only"] == expected_time_only
     verdict = no_gain_line(model_row, expected_time_only)  # three epochs on four videos: time alone scores higher
     assert verdict is not None and html.escape(verdict) in page
@@ -105,11 +116,10 @@ def test_the_model_row_comes_from_the_evaluation_folder_when_there_is_one(traine
     shutil.copytree(trained_run[0], run)
     assert main(["evaluate", str(run), "--no-progress"]) == 0
     evaluation = json.loads((run / "eval" / "metrics.json").read_text())
-    model = load_model(run, "cpu")[0]
-    metrics = report.run_metrics(run, model.config)
+    config = load_model(run, "cpu").config
+    metrics = report.run_metrics(run, config)
     assert metrics["model"] == evaluation["mean"] and "eval/metrics.json, mean over 1 dataset" in metrics["source"]
     files = [run / "eval" / f"{name}.npz" for name in evaluation["datasets"]]
-    config = model.config
     expected = time_only_files(files, config.model.hidden_size, config.data.clip_len, fractions=config.eval.fractions,
                                ks=config.eval.ks)
     assert metrics["time_only"] == expected["mean"]
@@ -126,17 +136,20 @@ def test_a_page_without_log_evaluation_or_attention_and_one_line_errors(trained_
     capsys.readouterr()  # training's own notes (its evaluation's warnings) are not the command's output
     (run / "metrics.jsonl").unlink()
     out = tmp_path / "page"
-    index = report.build_report(run, out, device="cpu", frame=0)  # the run's first validation videos
+    index = report.build_report(load_model(run, "cpu"), out, frame=0)  # the run's first validation videos
     page = index.read_text()
     assert "no evaluation found" in page and "No training log" in page and "no spatial attention" in page
     assert "<table" not in page and not (out / "attention").exists()
     data = json.loads((out / "report.json").read_text())
     assert [v["name"] for v in data["videos"]] == [r.name for r in VideoDataset(root, "val").records]
+    assert data["videos"][0]["phases"]["labels"] == VideoDataset(root, "val").records[0].labels.tolist()
+    assert f"<h1>{root.name}: mvformer report</h1>" in page
     assert data["metrics"]["model"] is None and data["retrieval_frame"] == 0
 
     one_line_failure(["report", str(run), "--out", str(out)], capsys, "already exists", "--overwrite")
     mine = tmp_path / "mine"
     mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
     one_line_failure(["report", str(run), "--out", str(mine), "--overwrite"], capsys, "not an earlier output")
     video = str(root / "videos" / "pour_004.mp4")
     fresh = tmp_path / "fresh"
@@ -187,6 +200,9 @@ class WebDriver:
         """Run an async script: its last argument is the callback that returns its result."""
         return self._call("POST", f"{self.session}/execute/async", {"script": script, "args": list(args)})
 
+    def resize(self, width: int, height: int) -> None:
+        self._call("POST", f"{self.session}/window/rect", {"width": width, "height": height})
+
     def screenshot(self, path: Path) -> None:
         path.write_bytes(base64.b64decode(self._call("GET", f"{self.session}/screenshot")))
 
@@ -224,9 +240,23 @@ const deadline = Date.now() + 10000;
     done({reference: reference.currentTime, follower: video.currentTime,
           caption: document.getElementById("frame-" + follower).textContent,
           slider: Number(document.getElementById("scrub").value),
-          nearest: document.getElementById("nearest-frame").textContent});
+          nearest: document.getElementById("nearest-frame").textContent,
+          phases: [0, follower].map((index) => document.getElementById("phase-" + index).textContent),
+          markers: [0, follower].map((index) => document.getElementById("marker-" + index).style.left)});
   } else { setTimeout(poll, 20); }
 })();
+"""
+
+
+LAYOUT = """
+const done = arguments[arguments.length - 1];
+requestAnimationFrame(() => requestAnimationFrame(() => {
+  const box = document.querySelector(".table-wrap");
+  const strips = [...document.querySelectorAll(".phase-strip")];
+  done({window: document.documentElement.clientWidth, page: document.documentElement.scrollWidth,
+        box: box.clientWidth, table: box.scrollWidth, height: document.documentElement.scrollHeight,
+        strips: [strips.length, strips.filter((strip) => strip.getBoundingClientRect().width > 0).length]});
+}));
 """
 
 
@@ -262,10 +292,35 @@ def test_the_page_in_headless_chromium(built, tmp_path):
                 assert min(int(seen["reference"] * data["videos"][0]["fps"]), lengths[0] - 1) == frame  # the end
                 assert seen["caption"] == f"frame {target}" and seen["slider"] == frame
                 assert seen["nearest"] == str(frame)
-        screenshot = tmp_path / "report.png"
-        browser.screenshot(screenshot)
-        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
-        if os.environ.get("MVFORMER_KEEP_SCREENSHOT"):
-            shutil.copy(screenshot, os.environ["MVFORMER_KEEP_SCREENSHOT"])
+                shown = [(0, frame), (follower, target)]  # the phase under each video is that of the frame it shows
+                phases = [data["videos"][i]["phases"] for i, _ in shown]
+                assert seen["phases"] == [p["names"][p["labels"][f]] for p, (_, f) in zip(phases, shown)]
+                # the marker sits mid-frame along the strip; CSS keeps six significant digits of a percentage
+                markers = [float(left.removesuffix("%")) for left in seen["markers"]]
+                assert markers == pytest.approx([100 * (f + 0.5) / lengths[i] for i, f in shown], abs=1e-3)
+        kept = os.environ.get("MVFORMER_KEEP_SCREENSHOTS")
+        for width in (800, 1400):
+            browser.resize(width, 1000)
+            layout = browser.run(LAYOUT)
+            if width == 800:  # nothing overflows: not the page, not the metrics table inside its scroll box
+                assert layout["page"] <= layout["window"] and layout["table"] <= layout["box"], layout
+            assert layout["strips"] == [len(lengths), len(lengths)], layout  # every video's phase strip is drawn
+            browser.resize(width, layout["height"] + 200)
+            screenshot = tmp_path / f"report-{width}.png"
+            browser.screenshot(screenshot)
+            assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+            if kept:
+                shutil.copy(screenshot, Path(kept) / screenshot.name)
     finally:
         browser.close()
+
+
+def test_a_very_wide_video_is_squeezed_to_a_frame_x264_accepts(tmp_path):
+    """A 3000x20 strip at the report's 192 px would be 28,800 px wide, which x264 refuses; it is shown at the
+    widest aspect the pictures allow."""
+    strip = np.random.default_rng(0).integers(0, 255, size=(6, 20, 3000, 3), dtype=np.uint8)
+    write_video(tmp_path / "strip.mp4", strip)
+    assert encode_for_browser(tmp_path / "strip.mp4", tmp_path / "out.mp4", 192, 25) == 6
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (192 * MAX_DISPLAY_ASPECT, 192)

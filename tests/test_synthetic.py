@@ -138,7 +138,7 @@ def test_an_existing_dataset_is_replaced_only_with_overwrite_and_whole(tmp_path,
     small = {"num_val": 1, "size": 16, "min_frames": 12, "max_frames": 12}
     root = generate_pouring_dataset(tmp_path / "data", num_train=1, **small)
     before = snapshot([root])
-    with pytest.raises(MVFormerError, match="data: already exists and is not empty; pass --overwrite"):
+    with pytest.raises(MVFormerError, match="data: already exists; pass --overwrite"):
         generate_pouring_dataset(root, num_train=2, **small)
 
     written = []

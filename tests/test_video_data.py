@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pytest
 from PIL import Image
 
 from mvformer.checkpoint import read_metrics
-from mvformer.config import load_config
-from mvformer.data.datasets import VideoDataset, VideoRecord, check_scorable_pair, inside_root, relative_inside
+from mvformer.config import EvalConfig, load_config
+from mvformer.data.datasets import VideoDataset, VideoRecord, check_label_pair, inside_root, relative_inside
+from mvformer.evaluation.embed import EvaluationSet, check_scorable
 from mvformer.data.video import count_frames, index_video, read_video, write_video
 from mvformer.errors import MVFormerError
 from mvformer.train.loop import train
@@ -321,28 +323,41 @@ def labelled_root(root: Path, labels: dict[str, dict[str, list]]) -> Path:
 SCORABLE = {"train": {"alpha": ["up"] * 4 + ["down"] * 6, "beta": [0, 0, -1, 1, 1, 1]}, "val": {"gamma": [0] * 8}}
 
 
+PAIRWISE_SKIPPED = r"data: kendalls_tau and retrieval skipped \(n/a\): 1 validation video\(s\) with labelled frames"
+
+
 @pytest.mark.parametrize(
-    ("change", "leading_videos", "message"),
+    ("change", "fractions", "skipped"),
     [
-        ({}, 1, None),
-        ({"val": {"gamma": [-1] * 8}}, 1, r"data: no labelled frame in split val \(every label is -1\)"),
-        ({"train": {"alpha": [-1] * 10, "beta": [0, 0, -1, 1, 1, 1]}}, 1,
-         r"split train: no labelled frame in its first 1 videos"),
-        ({"train": {"alpha": [-1] * 10, "beta": [0, 0, -1, 1, 1, 1]}}, 2, None),
-        ({"train": {"alpha": ["down"] * 10, "beta": [0, 0, -1, 1, 1, 1]}}, 1,
-         r"split train: video 'alpha' has no frame of phase 0; phase progression needs .* \(0..0\)"),
+        ({}, [1.0], []),
+        ({"train": {"alpha": [-1] * 10, "beta": [0, 0, -1, 1, 1, 1]}}, [1.0], []),
+        ({"train": {"alpha": ["down"] * 10, "beta": [0, 0, -1, 1, 1, 1]}}, [1.0],
+         [r"data: progression skipped \(n/a\): train video 'alpha' has no frame of phase 0 \('up'\); it needs "
+          r"every phase but the last \(0..0\) .*--set eval.tasks=\[classification\]"]),
     ],
 )
-def test_check_scorable_refuses_before_the_long_work(dataset_root, change, leading_videos, message):
+def test_check_scorable_names_each_task_the_labels_do_not_allow(dataset_root, change, fractions, skipped):
+    """The one val video makes the pairwise metrics unscorable in every case; the other lines depend on labels."""
     root = labelled_root(dataset_root, {**SCORABLE, **change})
-    train_set, val_set = VideoDataset(root, "train"), VideoDataset(root, "val")
-    if message is None:
-        check_scorable_pair(train_set, val_set, leading_videos)
-    else:
-        with pytest.raises(MVFormerError, match=message):
-            check_scorable_pair(train_set, val_set, leading_videos)
-    if message is not None and "progression" in message:
-        check_scorable_pair(train_set, val_set, leading_videos, progression=False)  # not scored: no need
+    dataset = EvaluationSet("data", VideoDataset(root, "train"), VideoDataset(root, "val"))
+    check_scorable(dataset, EvalConfig(fractions=fractions))
+    assert len(dataset.notes) == len(skipped) + 1
+    for line, pattern in zip(dataset.notes, [*skipped, PAIRWISE_SKIPPED]):
+        assert re.search(pattern, line), line
+    check_scorable(dataset, EvalConfig(fractions=[1.0], tasks=["classification"]))
+    assert dataset.notes == []  # a task not asked for is never named
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"val": {"gamma": [-1] * 8}}, r"data: no labelled frame in the validation videos .*nothing to score"),
+    ({"train": {"alpha": [-1] * 10, "beta": [0, 0, -1, 1, 1, 1]}},  # no probe (fraction 0.1), no pair of val videos
+     r"data: none of the requested tasks can be scored \(classification: no labelled frame in the first 1 training"),
+])
+def test_check_scorable_refuses_a_set_with_nothing_to_score(dataset_root, change, message):
+    root = labelled_root(dataset_root, {**SCORABLE, **change})
+    with pytest.raises(MVFormerError, match=message):
+        check_scorable(EvaluationSet("data", VideoDataset(root, "train"), VideoDataset(root, "val")),
+                       EvalConfig(fractions=[0.1, 1.0]))
 
 
 def test_check_scorable_without_labels_or_with_classes_train_does_not_know(dataset_root):
@@ -351,10 +366,10 @@ def test_check_scorable_without_labels_or_with_classes_train_does_not_know(datas
                                         "val": {"gamma": [0, 0, 1, 1, 2, 2, 2, 2]}})
     train_set, val_set = VideoDataset(root, "train"), VideoDataset(root, "val")
     with pytest.raises(MVFormerError, match=r"split val has label 2 but split train knows 2 classes \(0..1\)"):
-        check_scorable_pair(train_set, val_set)
+        check_label_pair(train_set, val_set)
     shutil.rmtree(root / "labels")
     with pytest.raises(MVFormerError, match=r"split val has no frame labels for video 'gamma'"):
-        VideoDataset(root, "val").check_scorable()
+        VideoDataset(root, "val").check_labelled()
 
 
 def pushups_subset(root: Path, counts: dict[str, int]) -> Path:

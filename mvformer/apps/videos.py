@@ -10,6 +10,8 @@ Distances between frames are squared Euclidean on L2-normalised embeddings, i.e.
 
 from __future__ import annotations
 
+import os
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +21,15 @@ import numpy as np
 import torch
 
 from mvformer import viz
-from mvformer.checkpoint import load_model
+from mvformer.checkpoint import Trained, load_model
+from mvformer.config import AppFrames
+from mvformer.data.datasets import _read_classes, _read_video_labels
 from mvformer.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, count_frames, frame_chunks, frame_image_paths
 from mvformer.errors import MVFormerError
 from mvformer.model.mvformer import MVFormer
 from mvformer.progress import progress_bar
 
-FRAME_MODES = ("squash", "crop")
+FRAME_MODES: tuple[str, ...] = typing.get_args(AppFrames)
 
 
 DECODE_CHUNK = 256  # frames decoded, prepared and pushed through the backbone at once
@@ -44,9 +48,13 @@ DISPLAY_HEIGHTS = (16, 4096)  # pixel height of a video in a picture or an anima
 class VideoEmbedding:
     """Per-frame embeddings of one video."""
 
-    source: Path
+    name: str  # what outputs about the video are called (`output_name`; given for an array of frames)
+    source: Path | None  # the video file or frame folder; None for frames given as an array
     embeddings: np.ndarray  # float32 (L, E), L2-normalised
-    fps: float | None  # None for frame folders
+    fps: float | None  # None for frame folders and arrays
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
 
 
 def sibling_path(path: Path, suffix: str) -> Path:
@@ -105,16 +113,9 @@ def check_display_height(height: int) -> None:
         raise MVFormerError(f"height {height!r}: must be a whole number of pixels from {low} to {high}")
 
 
-def model_inputs(checkpoint: str | Path) -> list[Path]:
-    """The files a checkpoint source is read from, which no output may replace: the file itself, or every file
-    directly in a run or export folder."""
-    source = Path(checkpoint)
-    return [p for p in source.iterdir() if p.is_file()] if source.is_dir() else [source]
-
-
-def load_app_model(checkpoint: str | Path, device: str) -> tuple[MVFormer, torch.device]:
+def load_app_model(checkpoint: str | Path, device: str) -> Trained:
     """`load_model` for the own-video commands, whose device comes from --device (named so in the error).
-    Weights holding NaN or Inf are refused by the loader (check_finite_weights)."""
+    Weights holding NaN or Inf are refused by the loader."""
     if device == "cuda" and not torch.cuda.is_available():
         raise MVFormerError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return load_model(checkpoint, device)
@@ -154,20 +155,34 @@ def _progress_frames(path: Path, size: int | None) -> Iterator[np.ndarray]:
     bar.close()
 
 
+def display_chunks(path: Path, wanted: np.ndarray, height: int, square: bool = False
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Frames `wanted` (increasing, no repeats) of a video at `height` pixels with their aspect ratio kept, or
+    their centre square with `square`, decoded once chunk by chunk (bounded memory): (frame numbers (k,), uint8
+    (k, height, W, 3)) per chunk that holds any. Frames beyond the video's end are never yielded."""
+    start = 0
+    for chunk in frame_chunks(path, DECODE_CHUNK):
+        local = wanted[(wanted >= start) & (wanted < start + len(chunk))] - start
+        if len(local):
+            pictures = chunk[local]  # (k, H, W, 3)
+            if square:
+                side = min(pictures.shape[1:3])
+                top, left = (pictures.shape[1] - side) // 2, (pictures.shape[2] - side) // 2
+                pictures = pictures[:, top:top + side, left:left + side]
+            yield local + start, viz.resize_frames(pictures, height, viz.display_width(*pictures.shape[1:3], height))
+        start += len(chunk)
+
+
 def display_frames(path: Path, indices: np.ndarray, height: int) -> np.ndarray:
     """Frames `indices` (any order, repeats allowed) of a video at `height` pixels, aspect kept: uint8 (K, height,
     W, 3). Decodes the video once and keeps only the wanted frames, already shrunk."""
     wanted, where = np.unique(indices, return_inverse=True)
-    kept, start = [], 0
-    for chunk in frame_chunks(path, DECODE_CHUNK):
-        width = viz.display_width(*chunk.shape[1:3], height)
-        local = wanted[(wanted >= start) & (wanted < start + len(chunk))] - start
-        if len(local):
-            kept.append(viz.resize_frames(chunk[local], height, width))
-        start += len(chunk)
-    if not kept or wanted[-1] >= start:
-        raise MVFormerError(f"{path}: frame {int(wanted[-1])} out of range (video has {start} frames)")
-    return np.concatenate(kept)[where]
+    parts = list(display_chunks(path, wanted, height))
+    found = sum(len(numbers) for numbers, _ in parts)
+    if found < len(wanted):
+        raise MVFormerError(f"{path}: frame {int(wanted[-1])} out of range (video has {count_frames(path)} "
+                            f"frames)")
+    return np.concatenate([pictures for _, pictures in parts])[where]
 
 
 def _decode_size(model: MVFormer, frames: str) -> int | None:
@@ -183,22 +198,78 @@ def _check_length(path: Path, num_frames: int) -> None:
                             f"{MIN_FRAMES} to embed a video")
 
 
+def _array_chunks(frames: np.ndarray, size: int | None) -> Iterator[np.ndarray]:
+    """An array of frames in DECODE_CHUNK pieces, squashed to `size` x `size` first when given (as the decoder
+    squashes a file's frames; bilinear here, so pixels differ slightly from a decoded file's)."""
+    for start in range(0, len(frames), DECODE_CHUNK):
+        chunk = frames[start:start + DECODE_CHUNK]
+        yield chunk if size is None else viz.resize_frames(chunk, size, size)
+
+
 @torch.no_grad()
-def embed_video_file(model: MVFormer, path: str | Path, device: torch.device, frames: str = "squash") -> VideoEmbedding:
-    """Every frame of one video through the model: (L, E) L2-normalised embeddings, chunk by chunk (see the
-    module docstring for what memory is bounded by)."""
-    path = Path(path)
-    size = _decode_size(model, frames)
-    chunks = (tuple(part[0] for part in model.features(model.prepare(chunk)[None]))
-              for chunk in _progress_frames(path, size))  # (c, P, C), (c, C_cls) each
-    tokens = model.pool_chunks(chunks)  # (1, L, N, D)
-    _check_length(path, tokens.shape[1])
+def embed(trained: Trained, video: str | Path | np.ndarray, frames: str = "squash",
+          name: str | None = None) -> VideoEmbedding:
+    """Every frame of one video through the model: a video file, a frame folder, or uint8 frames (L, H, W, 3);
+    returns its (L, E) L2-normalised embeddings, computed chunk by chunk (see the module docstring for what memory
+    is bounded by). `frames`: "squash" (as training saw them) or "crop" (the centre square)."""
+    model, size = trained.model, _decode_size(trained.model, frames)
+    if isinstance(video, np.ndarray):
+        if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+            raise MVFormerError(f"frames of dtype {video.dtype} and shape {video.shape}: expected uint8 (L, H, W, "
+                                f"3)")
+        path, label, chunks, fps = None, name or "video", _array_chunks(video, size), None
+        _check_length(label, len(video))
+    else:
+        path = Path(video)
+        check_videos([path])
+        label, chunks, fps = name or output_name(path), _progress_frames(path, size), video_fps(path)
+    features = (tuple(part[0] for part in model.features(model.prepare(chunk)[None]))
+                for chunk in chunks)  # (c, P, C), (c, C_cls) each
+    tokens = model.pool_chunks(features)  # (1, L, N, D)
     embeddings = model.encode_pooled(tokens).cpu().numpy()  # (L, E)
     if not np.isfinite(embeddings).all():
-        raise MVFormerError(f"{path}: the model gives NaN or Inf embeddings for this video (non-finite weights in "
-                            f"its backbone?); nothing is written")
-    return VideoEmbedding(path, embeddings, video_fps(path))
+        raise MVFormerError(f"{path or label}: the model gives NaN or Inf embeddings for this video (non-finite "
+                            f"weights in its backbone?); nothing is written")
+    return VideoEmbedding(label, path, embeddings, fps)
 
 
 def output_name(path: Path) -> str:
+    """The name outputs about a video take: a frame folder's name, a file's stem ('clips/..' is named by the
+    folder it means, without following symbolic links)."""
+    path = Path(os.path.abspath(path))
     return path.name if path.is_dir() else path.stem
+
+
+def phase_labels(video: Path, num_frames: int) -> viz.PhaseLabels | None:
+    """The phases of a video of a generic-layout dataset (ROOT/videos/NAME.ext or frame folder NAME, labels in
+    ROOT/labels/NAME.csv, named by ROOT/classes.txt): hand labels, or labels `mvformer label` transferred (its
+    output holds transfer.json); None for a video without them. The labels must have `num_frames` rows, one per
+    frame of the video."""
+    video = Path(os.path.abspath(video))
+    root, name = video.parent.parent, output_name(video)
+    if video.parent.name != "videos" or not (root / "labels" / f"{name}.csv").is_file():
+        return None
+    classes = _read_classes(root)
+    labels = _read_video_labels(root, name, None if classes is None else {c: i for i, c in enumerate(classes)})
+    if len(labels) != num_frames:
+        raise MVFormerError(f"{root}: labels/{name}.csv has {len(labels)} rows but {video} has {num_frames} "
+                            f"frames")
+    names = classes or [str(phase) for phase in range(labels.max(initial=-1) + 1)]
+    return viz.PhaseLabels(labels, names, transferred=(root / "transfer.json").is_file())
+
+
+def phase_text(phases: viz.PhaseLabels | None, frame: int) -> str:
+    """A picture title's phase line for one frame, empty for a video without labels."""
+    if phases is None:
+        return ""
+    return f"\n{phases.name(frame)}{' (transferred)' if phases.transferred else ''}"
+
+
+def frame_caption(name: str, frame: int, last: int, phases: viz.PhaseLabels | None) -> tuple[viz.Line, ...]:
+    """The two caption lines under a shown frame: the video's name; the frame number and, where labelled, its
+    phase in the phase's colour."""
+    second = ((f"frame {frame} / {last}", viz.TEXT_COLOUR),)
+    if phases is not None:
+        second += ((f"  {phases.name(frame)}{' (transferred)' if phases.transferred else ''}",
+                    phases.colour(frame)),)
+    return ((name, viz.TEXT_COLOUR),), second

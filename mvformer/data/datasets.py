@@ -192,8 +192,18 @@ def split_names(root: str | Path, split: str) -> list[str] | None:
     return list(_read_split(Path(root), split))
 
 
+def check_video_name(name: str, where: str | Path) -> None:
+    """Refuse a name a split file cannot hold as it is (split files are read as stripped, non-blank lines) or
+    that is no file name: empty, '.', '..', a line break, a slash, surrounding spaces."""
+    if name in ("", ".", "..") or name != name.strip() or any(c in name for c in "\n\r/\\"):
+        raise MVFormerError(f"{where}: {name!r} cannot be a video's name in a split file (no line breaks, slashes "
+                            f"or surrounding spaces, not '.' or '..'); rename it")
+
+
 def write_split(root: str | Path, split: str, names: list[str]) -> None:
-    """Write ROOT/splits/SPLIT.txt (atomically), one name per line."""
+    """Write ROOT/splits/SPLIT.txt (atomically), one name per line; a name it could not hold is refused."""
+    for name in names:
+        check_video_name(name, split_file(root, split))
     write_text(split_file(root, split), "".join(f"{name}\n" for name in names))
 
 
@@ -372,32 +382,13 @@ class VideoDataset:
         """Whether every video has frame labels (only then can the split be scored)."""
         return all(record.labels is not None for record in self.records)
 
-    def check_scorable(self, num_classes: int | None = None, leading_videos: int = 1,
-                       progression: bool = True) -> None:
-        """Refuse, with one line naming the split (and the video), what the protocol metrics would refuse only
-        after the long work: a video without labels, no labelled frame in the split or in its first
-        `leading_videos` videos (the fewest a probe is fitted on), or (when progression is scored) a labelled
-        video missing a phase that progression needs (each of 0..C-2, C = num_classes, default this split's)."""
-        where = f"{self.root}: split {self.split}"
+    def check_labelled(self) -> None:
+        """Refuse, with one line naming the split and the video, a split with a video that has no label file:
+        such a split cannot be scored. (Which metrics its labels allow is `evaluation.scorable`'s business.)"""
         unlabelled = next((record for record in self.records if record.labels is None), None)
         if unlabelled is not None:
-            raise MVFormerError(f"{where} has no frame labels for video {unlabelled.name!r}, so it cannot be scored")
-        labelled = np.array([bool((record.labels >= 0).any()) for record in self.records])  # (videos,)
-        if not labelled.any():
-            raise MVFormerError(f"{self.root}: no labelled frame in split {self.split} (every label is -1)")
-        if not labelled[:max(1, leading_videos)].any():
-            raise MVFormerError(f"{where}: no labelled frame in its first {max(1, leading_videos)} videos, the "
-                                f"fewest a probe is fitted on (eval.fractions)")
-        if not progression:
-            return
-        classes = self.num_classes if num_classes is None else num_classes
-        needed = np.arange(max(classes - 1, 0))  # (C - 1,)
-        for record in (record for record, has_labels in zip(self.records, labelled) if has_labels):
-            missing = np.setdiff1d(needed, record.labels)
-            if missing.size:
-                raise MVFormerError(f"{where}: video {record.name!r} has no frame of phase {missing[0]}; phase "
-                                    f"progression needs every phase but the last (0..{classes - 2}) in every "
-                                    f"labelled video")
+            raise MVFormerError(f"{self.root}: split {self.split} has no frame labels for video {unlabelled.name!r}, "
+                                f"so it cannot be scored")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -415,15 +406,23 @@ class VideoDataset:
         return video[as_frame_indices(indices, record.path, len(video))]
 
 
-def check_scorable_pair(train_set: VideoDataset, val_set: VideoDataset, leading_videos: int = 1,
-                        progression: bool = True) -> None:
-    """Refuse, before any long work, a train/val pair the protocol metrics could not score or would score
-    wrongly: each split as `VideoDataset.check_scorable` with train's class count, and no val label among
-    classes train does not know (without classes.txt a split knows 0..its largest label)."""
-    train_set.check_scorable(leading_videos=leading_videos, progression=progression)
-    val_set.check_scorable(train_set.num_classes, progression=progression)
-    largest = max(int(record.labels.max()) for record in val_set.records)
-    if largest >= train_set.num_classes:
+def check_label_pair(train_set: VideoDataset, val_set: VideoDataset) -> None:
+    """Refuse, before any long work, a train/val pair that would be scored wrongly or not at all: a video without
+    labels, or a val label among classes train does not know (without classes.txt a split knows 0..its largest
+    label)."""
+    train_set.check_labelled()
+    val_set.check_labelled()
+    largest, known = max(int(record.labels.max()) for record in val_set.records), train_set.num_classes or 0
+    if largest >= known:
         raise MVFormerError(f"{val_set.root}: split {val_set.split} has label {largest} but split {train_set.split} "
-                            f"knows {train_set.num_classes} classes (0..{train_set.num_classes - 1}); list every "
-                            f"class in classes.txt")
+                            f"knows {known} classes (0..{known - 1}); list every class in classes.txt")
+
+def split_overlap_warning(train_set: VideoDataset, val_set: VideoDataset) -> str | None:
+    """A warning line when a video (the same file) is in both splits: scores on it measure memory, not
+    generalisation; None when the splits are apart."""
+    train_paths = {record.path.resolve() for record in train_set.records}
+    shared = [record.name for record in val_set.records if record.path.resolve() in train_paths]
+    if not shared:
+        return None
+    return (f"warning: {len(shared)} of the {len(val_set)} videos of split {val_set.split} are also in split "
+            f"{train_set.split} (first: {shared[0]!r}); their scores measure what the model saw in training")

@@ -9,8 +9,6 @@ mirroring and camera jitter vary per video, so a representation has to find the 
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import numpy as np
 from mvformer.data.datasets import write_split
 from mvformer.data.video import write_video
 from mvformer.errors import MVFormerError
-from mvformer.files import write_text
+from mvformer.files import output_folder, write_text
 
 phase_names = ("approach", "tilt", "pour", "return")
 
@@ -231,20 +229,11 @@ MAX_VIDEOS = 100_000
 _DATASET_ENTRIES = {"videos", "labels", "splits", "classes.txt"}  # what a generic-layout dataset holds
 
 
-def _check_destination(root: Path, overwrite: bool) -> None:
-    """Refuse a file, a non-empty folder without `overwrite`, and (even with it) a folder holding anything but a
-    dataset's videos/, labels/, splits/ and classes.txt, so that overwrite never deletes unrelated files."""
-    if not str(root).strip():
-        raise MVFormerError("pouring dataset: the destination folder is not set")
-    if root.exists() and not root.is_dir():
-        raise MVFormerError(f"{root}: exists and is not a folder")
-    present = sorted(entry.name for entry in root.iterdir()) if root.is_dir() else []
-    if present and not overwrite:
-        raise MVFormerError(f"{root}: already exists and is not empty; pass --overwrite to replace it")
-    foreign = [name for name in present if name not in _DATASET_ENTRIES]
-    if foreign:
-        raise MVFormerError(f"{root}: holds {foreign[0]}, which is not part of a dataset; refusing to replace the "
-                            f"folder even with --overwrite")
+def _not_a_dataset(root: Path) -> str | None:
+    """Why `root` is not a dataset that --overwrite may replace (it holds more than a generic-layout dataset:
+    never delete a user's other files), or None."""
+    foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in _DATASET_ENTRIES)
+    return f"it holds {foreign[0]}, which is not part of a dataset" if foreign else None
 
 
 def _write_dataset(root: Path, num_train: int, num_val: int, size: int, min_frames: int, max_frames: int,
@@ -265,28 +254,6 @@ def _write_dataset(root: Path, num_train: int, num_val: int, size: int, min_fram
     write_split(root, "val", names[num_train:])
 
 
-def _build_and_swap(root: Path, build) -> None:
-    """Run build(folder) on a new temporary folder beside root, then move it into root's place (an existing root
-    is moved aside first and back if the move fails, and deleted only once the new one is in place)."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    old = building.with_suffix(".old")
-    try:
-        build(building)
-        if root.exists():
-            root.rename(old)
-        try:
-            building.rename(root)
-        except OSError:
-            if old.exists():
-                old.rename(root)
-            raise
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def generate_pouring_dataset(root: str | Path, num_train: int = 48, num_val: int = 24, size: int = 64,
                              min_frames: int = 48, max_frames: int = 96, seed: int = 0, fps: float = 25,
                              overwrite: bool = False) -> Path:
@@ -294,8 +261,8 @@ def generate_pouring_dataset(root: str | Path, num_train: int = 48, num_val: int
 
     Deterministic: video i depends only on (seed, i), so the same arguments give identical frames and labels.
     Labels are the class names of `phase_names`, one row per frame, non-decreasing within a video.
-    root must be missing or empty, or hold a dataset and `overwrite` be given. The dataset is written into a
-    temporary folder beside root and moved into place once complete: a failure leaves root as it was.
+    root must be missing or empty, or hold a dataset and `overwrite` be given (`files.output_folder`: staged beside
+    root and moved into place once complete, so a failure leaves root as it was).
     """
     if min_frames < _MIN_FRAMES or max_frames < min_frames:
         raise MVFormerError(f"pouring dataset: need {_MIN_FRAMES} <= min_frames <= max_frames, "
@@ -309,12 +276,9 @@ def generate_pouring_dataset(root: str | Path, num_train: int = 48, num_val: int
         raise MVFormerError(f"pouring dataset: seed must be in [0, 2**63), got {seed}")
     if not (math.isfinite(fps) and 0 < fps <= 1000):
         raise MVFormerError(f"pouring dataset: fps must be in (0, 1000], got {fps}")
+    if not str(root).strip():
+        raise MVFormerError("pouring dataset: the destination folder is not set")
     root = Path(root)
-    try:
-        _check_destination(root, overwrite)
-        _build_and_swap(root.absolute(), lambda folder: _write_dataset(folder, num_train, num_val, size, min_frames,
-                                                                        max_frames, seed, fps))
-    except OSError as error:
-        raise MVFormerError(f"{root}: cannot write the dataset ({error.strerror or error}); nothing was "
-                            f"replaced") from None
+    with output_folder(root.absolute(), _not_a_dataset, overwrite) as staging:
+        _write_dataset(staging, num_train, num_val, size, min_frames, max_frames, seed, fps)
     return root

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 
+from mvformer.config import AlignMethod
 from mvformer.errors import MVFormerError
 
-ALIGN_METHODS = ("dtw", "nn")
+ALIGN_METHODS: tuple[str, ...] = typing.get_args(AlignMethod)
 
 
 def cost_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

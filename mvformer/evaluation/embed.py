@@ -1,17 +1,18 @@
 """Run a model over whole videos (every frame, no augmentation) and score the embeddings."""
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mvformer.config import Config, EvalConfig
-from mvformer.data.datasets import VideoDataset, check_scorable_pair, is_generic_root
+from mvformer.data.datasets import VideoDataset, check_label_pair, is_generic_root, split_overlap_warning
 from mvformer.data.formats import open_dataset, penn_action_actions
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.metrics import evaluate_embeddings, mean_of_metrics
+from mvformer.evaluation.scorable import skip_lines, unscorable_tasks
 from mvformer.features.cache import FeatureCache
 from mvformer.model.mvformer import MVFormer
 from mvformer.progress import progress_bar
@@ -72,6 +73,7 @@ class EvaluationSet:
     name: str
     train: VideoDataset
     val: VideoDataset
+    notes: list[str] = field(default_factory=list)  # check_scorable's lines: tasks left out, videos in both splits
 
 
 def evaluation_sets(config: Config, roots: Sequence[str | Path] | None = None,
@@ -104,10 +106,20 @@ def evaluation_sets(config: Config, roots: Sequence[str | Path] | None = None,
 
 
 def check_scorable(dataset: EvaluationSet, cfg: EvalConfig) -> None:
-    """Refuse, before any long work, a set the protocol metrics could not score (no labels, no labelled frame in
-    the fewest videos a probe is fitted on, a phase progression needs missing from a video, unknown val labels)."""
-    leading = max(1, int(min(cfg.fractions) * len(dataset.train)))
-    check_scorable_pair(dataset.train, dataset.val, leading, progression="progression" in cfg.tasks)
+    """Before any long work: refuse a set that cannot be scored at all (a video without labels, a val class train
+    does not know, no labelled val frame), and put in `dataset.notes` one line per task its labels do not allow
+    (`evaluation.scorable`: reported as n/a, the others scored) and a warning when a video is in both splits."""
+    check_label_pair(dataset.train, dataset.val)
+    train, val = dataset.train.records, dataset.val.records
+    try:
+        unscorable = unscorable_tasks([r.labels for r in train], [r.labels for r in val], dataset.train.num_classes,
+                                      cfg.tasks, cfg.fractions, [r.name for r in train], [r.name for r in val],
+                                      dataset.train.classes)
+    except MVFormerError as error:
+        raise MVFormerError(f"{dataset.train.root}: {error}") from None
+    overlap = split_overlap_warning(dataset.train, dataset.val)
+    dataset.notes = skip_lines(dataset.name, unscorable, cfg.tasks) + ([f"{dataset.name}: {overlap}"] if overlap
+                                                                       else [])
 
 
 def score_sets(sets: Sequence[EvaluationSet], embeddings: Sequence[tuple[list[np.ndarray], list[np.ndarray]]],

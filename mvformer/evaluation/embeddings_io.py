@@ -17,6 +17,7 @@ import numpy as np
 from mvformer.data.datasets import MAX_CLASSES
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.metrics import CLASSIFIERS, TASKS, evaluate_embeddings, mean_of_metrics
+from mvformer.evaluation.scorable import skip_lines, unscorable_tasks
 from mvformer.progress import note as say
 
 SPLITS = ("train", "val")
@@ -168,55 +169,38 @@ def _check_options(stride: int, fractions: Sequence[float], ks: Sequence[int], t
         raise MVFormerError(f"--num-classes must be from 1 to {MAX_CLASSES}, got {num_classes}")
 
 
-def _first_video_lacking_a_phase(videos: list[np.ndarray], num_classes: int) -> tuple[int, int] | None:
-    """(video, phase) of the first video with labelled frames but no frame of some phase 0..C-2, or None."""
-    owner = np.repeat(np.arange(len(videos)), [len(labels) for labels in videos])  # (frames,) video of each frame
-    labels = np.concatenate(videos)  # (frames,)
-    kept = labels >= 0
-    video, phase = np.divmod(np.unique(owner[kept] * num_classes + labels[kept]), num_classes)  # distinct pairs
-    held = np.bincount(video[phase < num_classes - 1], minlength=len(videos))  # (videos,) phases 0..C-2 held
-    lacking = np.flatnonzero((np.bincount(video, minlength=len(videos)) > 0) & (held < num_classes - 1))
-    if not lacking.size:
-        return None
-    first = int(lacking[0])
-    return first, int(np.setdiff1d(np.arange(num_classes - 1), videos[first])[0])
+def video_names(path: str | Path) -> tuple[list[str] | None, list[str] | None]:
+    """The optional `train_names` / `val_names` arrays (as `mvformer evaluate` writes them), for messages; None
+    for a split whose names are absent or unreadable."""
+    names = []
+    with np.load(path, allow_pickle=False) as archive:
+        for split in SPLITS:
+            try:
+                array = archive[f"{split}_names"] if f"{split}_names" in archive.files else None
+            except READ_ERRORS:
+                array = None
+            names.append([str(name) for name in array] if array is not None and array.ndim == 1 else None)
+    return names[0], names[1]
 
 
-def _check_scorable(path: Path, train_labels: list[np.ndarray], val_labels: list[np.ndarray], num_classes: int,
-                    tasks: Sequence[str], fractions: Sequence[float]) -> None:
-    """Refuse, before any file is scored, what the metrics would refuse half-way: no labelled validation frame,
-    no labelled frame in the fewest training videos a probe is fitted on, or (progression) a labelled video
-    without a phase whose end is one of the targets."""
-    if not any((labels >= 0).any() for labels in val_labels):
-        raise MVFormerError(f"{path}: val_labels marks every frame unlabelled (-1): nothing to score")
-    probes = [task for task in ("classification", "progression") if task in tasks]
-    fewest = min(max(1, int(fraction * len(train_labels))) for fraction in fractions)
-    if probes and not any((labels >= 0).any() for labels in train_labels[:fewest]):
-        raise MVFormerError(f"{path}: no labelled frame in the first {fewest} training video(s), the fewest a "
-                            f"probe ({' and '.join(probes)}) is fitted on (--fractions {min(fractions)})")
-    if "progression" not in tasks or num_classes < 2:
-        return
-    for split, videos in (("train", train_labels), ("val", val_labels)):
-        lacking = _first_video_lacking_a_phase(videos, num_classes)
-        if lacking is not None:
-            raise MVFormerError(f"{path}: {split} video {lacking[0]} has no frame of phase {lacking[1]}; progression "
-                                f"needs every phase but the last (0..{num_classes - 2}) in every labelled video")
+def file_skip_lines(path: str | Path, tasks: Sequence[str], fractions: Sequence[float],
+                    option: str = "eval.tasks") -> list[str]:
+    """The lines `score_files` prints for the tasks one file's labels do not allow (see `skip_lines`)."""
+    _, train_labels, _, val_labels = load_embeddings(path)
+    classes = int(max(labels.max() for labels in train_labels + val_labels)) + 1
+    try:
+        unscorable = unscorable_tasks(train_labels, val_labels, classes, tasks, fractions, *video_names(path))
+    except MVFormerError as error:
+        raise MVFormerError(f"{path}: {error}") from None
+    return skip_lines(str(path), unscorable, tasks, option)
 
 
-def _undefined_notes(path: Path, scores: dict, val_labels: list[np.ndarray], stride: int) -> list[str]:
-    """Why a metric came out None (null), one line each."""
-    notes = []
-    labelled_videos = sum(bool((labels >= 0).any()) for labels in val_labels)
-    pairwise = [task for task in ("kendalls_tau", "retrieval") if task in scores]
-    if pairwise and labelled_videos < 2:
-        notes.append(f"{path}: note: {labelled_videos} validation video(s) with labelled frames, so "
-                     f"{' and '.join(pairwise)} are undefined (null); they compare pairs of videos")
-    elif "kendalls_tau" in scores and scores["kendalls_tau"] is None:
-        notes.append(f"{path}: note: kendalls_tau is undefined (null): every pair of validation videos gives "
-                     f"a constant match at stride {stride}")
-    if any(value is None for value in scores.get("progression", {}).values()):
-        notes.append(f"{path}: note: progression is undefined (null) with fewer than 2 classes")
-    return notes
+def _undefined_notes(path: Path, scores: dict, stride: int) -> list[str]:
+    """Why a metric that was scored came out None (null), one line each."""
+    if scores.get("kendalls_tau", 0.0) is None:
+        return [f"{path}: note: kendalls_tau is undefined (null): every pair of validation videos gives a constant "
+                f"match at stride {stride}"]
+    return []
 
 
 def score_files(
@@ -247,17 +231,22 @@ def score_files(
         if num_classes is not None and largest_label >= num_classes:
             raise MVFormerError(f"{path}: label {largest_label} is out of range for --num-classes {num_classes}")
         classes = largest_label + 1 if num_classes is None else num_classes
-        _check_scorable(path, arrays[1], arrays[3], classes, tasks, fractions)
-        loaded.append((path, arrays, classes))
+        try:
+            unscorable = unscorable_tasks(arrays[1], arrays[3], classes, tasks, fractions, *video_names(path))
+        except MVFormerError as error:
+            raise MVFormerError(f"{path}: {error}") from None
+        loaded.append((path, arrays, classes, unscorable))
     datasets = {}
-    for name, (path, (train_embs, train_labels, val_embs, val_labels), classes) in zip(names, loaded):
+    for name, (path, (train_embs, train_labels, val_embs, val_labels), classes, skipped_tasks) in zip(names, loaded):
+        for line in skip_lines(str(path), skipped_tasks, tasks, option="--tasks"):
+            note(line)
         try:
             scores = evaluate_embeddings(train_embs, train_labels, val_embs, val_labels, num_classes=classes,
                                          fractions=fractions, ks=ks, stride=stride, tasks=tasks,
                                          classifier=classifier)
         except MVFormerError as error:
             raise MVFormerError(f"{path}: {error}") from None
-        for line in _undefined_notes(path, scores, val_labels, stride):
+        for line in [] if "kendalls_tau" in skipped_tasks else _undefined_notes(path, scores, stride):
             note(line)
         datasets[name] = scores
     mean = mean_of_metrics(list(datasets.values()))

@@ -11,22 +11,23 @@ The pairwise metrics (Kendall's tau, AP@K) are vectorised in float64 and work bl
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from sklearn.linear_model import LinearRegression
 
+from mvformer.config import Classifier
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.probes import (
     fit_logistic_probe,
     predict_classes,
     train_sgd_linear_probe,
 )
-
-TASKS = ("classification", "progression", "kendalls_tau", "retrieval")
+from mvformer.evaluation.scorable import TASKS, unscorable_tasks
 # Phase-classification probes: scikit-learn's logistic regression, or FineGym's linear layer trained with SGD.
-CLASSIFIERS = ("logistic", "sgd-linear")
+CLASSIFIERS: tuple[str, ...] = typing.get_args(Classifier)
 
 # Entries (float64) per temporary block in the pairwise metrics: 16 MB, so the few live temporaries stay near 64 MB.
 # Blocks over 32 MB were twice as slow: glibc maps them fresh from the OS each time, paying a page fault per 4 KB.
@@ -400,12 +401,15 @@ def evaluate_embeddings(
     unknown = [task for task in tasks if task not in TASKS]
     if unknown:
         raise MVFormerError(f"unknown evaluation task(s) {unknown}; choose from {list(TASKS)}")
+    skipped = unscorable_tasks(train_labels, val_labels, num_classes, tasks, fractions)  # reported as None
     results: dict = {}
     if "classification" in tasks:
-        accuracies = classification_accuracy(train_embs, train_labels, val_embs, val_labels, fractions, classifier)
+        accuracies = {fraction: None for fraction in fractions} if "classification" in skipped else \
+            classification_accuracy(train_embs, train_labels, val_embs, val_labels, fractions, classifier)
         results["classification"] = {str(fraction): value for fraction, value in accuracies.items()}
     if "progression" in tasks:
-        scores = phase_progression(train_embs, train_labels, val_embs, val_labels, num_classes, fractions)
+        scores = {fraction: None for fraction in fractions} if "progression" in skipped else \
+            phase_progression(train_embs, train_labels, val_embs, val_labels, num_classes, fractions)
         results["progression"] = {str(fraction): value for fraction, value in scores.items()}
     if "kendalls_tau" in tasks:
         results["kendalls_tau"] = kendalls_tau(val_embs, stride=stride, val_labels=val_labels)

@@ -35,7 +35,7 @@ def time_only_embeddings(lengths: Sequence[int], dim: int, train_len: int = DEFA
 
 def model_time_only_embeddings(model: MVFormer, lengths: Sequence[int]) -> list[np.ndarray]:
     """Time-only embeddings in a model's own code: its hidden size and training clip length."""
-    return time_only_embeddings(lengths, model.config.model.hidden_size, model.config.data.clip_len)
+    return time_only_embeddings(lengths, model.model_cfg.hidden_size, model.train_len)
 
 
 def time_only_metrics(train_labels: Sequence[np.ndarray], val_labels: Sequence[np.ndarray], num_classes: int,

@@ -33,6 +33,7 @@ from mvformer.data.datasets import VideoDataset, split_names
 from mvformer.data.video import IMAGE_SUFFIXES
 from mvformer.errors import MVFormerError
 from mvformer.files import write_text
+from mvformer.hub import resolve
 from mvformer.progress import note as say
 
 FORMAT_VERSION = 2  # 2: the published 5 x 9 blur in augmented copies, data.frames in the identity
@@ -49,14 +50,15 @@ IDENTITY_NAMES = {  # manifest identity key -> config key
 
 
 def cache_identity(config: Config) -> dict:
-    """What the cached tokens are a function of, as the config states it (paths absolute)."""
+    """What the cached tokens are a function of, as the config states it (paths absolute; a Hub id as its snapshot
+    folder, which names the revision's commit, so that another revision is another cache)."""
     path = config.backbone.path
     return {
         "data_root": str(Path(config.data.root).resolve()),
         "data_format": config.data.format,
         "data_subset": config.data.subset,
         "backbone_name": config.backbone.name,
-        "backbone_path": str(Path(path).resolve()) if path else None,
+        "backbone_path": str(resolve(path).resolve()) if path else None,
         "blocks": list(config.backbone.blocks),
         "image_size": config.data.image_size,
         "frames": config.data.frames,
@@ -231,10 +233,13 @@ class FeatureCache:
         return self._maps[split, copy]
 
     def features(self, split: str, video_index: int, frame_indices: Sequence[int] | np.ndarray | None = None,
-                 copy: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                 copy: int = 0,
+                 out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch tokens (T, P, C) and CLS (T, C_cls), float16, of frames `frame_indices` (default all) of a video.
 
-        Only the asked-for frames are read from disk. The video must lie in a complete chunk of that copy.
+        Only the asked-for frames are read from disk. The video must lie in a complete chunk of that copy. `out`:
+        contiguous float16 tensors of those shapes to read into (and return), so that a caller assembling a clip
+        copies no token twice.
         """
         layout = self._layout(split)
         if not 0 <= video_index < len(layout["videos"]):
@@ -255,6 +260,10 @@ class FeatureCache:
                                     f"frame index out of range")
         patches, cls = self._memmaps(split, copy)
         rows = rows + video["offset"]
+        if out is not None:
+            for source, target in zip((patches, cls), out):  # "clip": unbuffered; every row was checked above
+                np.take(source, rows, axis=0, out=target.numpy(), mode="clip")
+            return out
         return torch.from_numpy(np.asarray(patches[rows])), torch.from_numpy(np.asarray(cls[rows]))
 
 

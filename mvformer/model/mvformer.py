@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvformer.config import BackboneConfig, Config, ModelConfig
+from mvformer.config import RANGES, BackboneConfig, Config, DataConfig, EvalConfig, ModelConfig
 from mvformer.data.transforms import prepare_frames
 from mvformer.errors import MVFormerError
 from mvformer.model.backbone import FrozenBackbone, build_backbone
@@ -101,30 +101,40 @@ class EmbeddingHead(nn.Module):
 class MVFormer(nn.Module):
     """Frozen backbone + trainable head; `forward` maps frames to L2-normalised frame embeddings.
 
-    The model knows its own input only: the square `image_size`, how frames are fitted to it (`frame_mode`),
-    `train_len`, the clip length its time encoding was trained over, and `max_encoder_frames`, the longest stretch of
-    a video the temporal encoder sees at once at evaluation. `build_model` makes one from a run's whole `Config`
-    and keeps that as `.config`.
+    The model knows its own input and architecture only: the square `image_size`, how frames are fitted to it
+    (`frame_mode`), `train_len`, the clip length its time encoding was trained over, `max_encoder_frames`, the
+    longest stretch of a video the temporal encoder sees at once at evaluation, and its `model_cfg` and
+    `backbone_cfg`. The run around it (data, training, evaluation settings) stays outside: `build_model` makes one
+    from a run's `Config`, `checkpoint.load_model` returns the two together.
     """
 
     def __init__(self, model_cfg: ModelConfig, backbone_cfg: BackboneConfig, image_size: int, train_len: int,
                  backbone: FrozenBackbone | None = None, frame_mode: str = "squash",
                  max_encoder_frames: int | None = None):
         super().__init__()
+        self.model_cfg, self.backbone_cfg = model_cfg, backbone_cfg
         self.image_size = image_size
+        self.train_len = train_len
         self.frame_mode = frame_mode
         self.max_encoder_frames = max_encoder_frames
         self.backbone = backbone or build_backbone(backbone_cfg.name, backbone_cfg.blocks, path=backbone_cfg.path,
                                                    image_size=image_size, chunk_size=backbone_cfg.chunk_size)
         self.head = EmbeddingHead(model_cfg, self.backbone.patch_dim, self.backbone.cls_dim, train_len)
         self.projection = ProjectionHead(model_cfg.embedding_size, model_cfg.projection_size)
-        self.config: Config | None = None
+
+    def as_config(self, name: str = "mvformer") -> Config:
+        """A configuration that rebuilds this model (its architecture and input; every other setting the
+        default): what an export of a model built without a run stores."""
+        data = DataConfig(image_size=self.image_size, clip_len=self.train_len, frames=self.frame_mode)
+        never_chunked = RANGES["eval.frames_per_batch"][1]  # max_encoder_frames None: the whole video at once
+        evaluation = EvalConfig(frames_per_batch=self.max_encoder_frames or never_chunked)
+        return Config(name=name, backbone=self.backbone_cfg, model=self.model_cfg, data=data, eval=evaluation)
 
     def prepare(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 frames (L, H, W, 3) -> the normalised model input (L, 3, S, S) on the model's device."""
         device = next(self.head.parameters()).device
-        return prepare_frames(frames, self.image_size, self.backbone.mean, self.backbone.std,
-                              self.frame_mode).to(device)
+        frames = torch.as_tensor(frames).to(device)  # uint8 crosses to the GPU: a quarter of the float bytes
+        return prepare_frames(frames, self.image_size, self.backbone.mean, self.backbone.std, self.frame_mode)
 
     def features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B, T, 3, S, S) normalised -> patch tokens (B, T, P, C), CLS (B, T, C_cls); no gradient."""
@@ -187,8 +197,9 @@ class MVFormer(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
     def load_trainable_state_dict(self, state: dict, source: str = "weights") -> None:
-        """Load head weights, or one MVFormerError naming `source` and the first missing, unexpected or misshapen
-        tensor (the one check of whether stored weights fit a config)."""
+        """Load head weights, or one MVFormerError naming `source` and the first missing, unexpected, misshapen,
+        non-floating (where the model holds floats) or non-finite tensor: the one check of whether stored weights
+        fit a config and can be used, run before anything is computed from them."""
         expected = self.trainable_state_dict()
         missing = [key for key in expected if key not in state]
         unexpected = [key for key in state if key not in expected]
@@ -200,6 +211,11 @@ class MVFormer(nn.Module):
                 shape = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
                 raise MVFormerError(f"{source}: weights do not fit the stored config ('{key}' has shape {shape}, "
                                     f"the config builds {tuple(value.shape)})")
+            if value.is_floating_point() and not state[key].is_floating_point():
+                raise MVFormerError(f"{source}: weight '{key}' is {state[key].dtype}, not floating point; the "
+                                    f"model's weights are {value.dtype}")
+            if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+                raise MVFormerError(f"{source}: the weights hold NaN or Inf (first: '{key}'); they cannot be used")
         self.load_state_dict(state, strict=False)
 
 
@@ -214,7 +230,5 @@ def check_finite_weights(model: MVFormer, source: str) -> None:
 def build_model(config: Config, backbone: FrozenBackbone | None = None) -> MVFormer:
     """The model a run's config describes (input from data.image_size and data.frames, time encoding over
     data.clip_len, evaluation chunks of eval.frames_per_batch)."""
-    model = MVFormer(config.model, config.backbone, config.data.image_size, config.data.clip_len, backbone,
-                     frame_mode=config.data.frames, max_encoder_frames=config.eval.frames_per_batch)
-    model.config = config
-    return model
+    return MVFormer(config.model, config.backbone, config.data.image_size, config.data.clip_len, backbone,
+                    frame_mode=config.data.frames, max_encoder_frames=config.eval.frames_per_batch)

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import pickle
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,9 +28,9 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel, ResNetConfig, ResNetModel, ViTConfig, ViTModel
 
 from mvformer.errors import MVFormerError
-from mvformer.files import check_outputs
+from mvformer.files import check_output_place, output_folder
+from mvformer.hub import WEIGHTS_FILE_SUFFIXES
 
-WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 WRAPPER_KEYS = ("teacher", "student", "model", "state_dict")  # DINO training checkpoints first: teacher, student
 WRAPPER_PREFIXES = ("module.", "backbone.")
 BACKBONE_FIRST_KEYS = ("cls_token", "blocks.", "conv1.", "layer1.")  # a bare ViT or ResNet state dict
@@ -283,6 +281,14 @@ def _load_mapped(model: PreTrainedModel, mapped: dict[str, torch.Tensor], path: 
     if wrong:
         raise MVFormerError(f"{path}: '{wrong}' has shape {tuple(mapped[wrong].shape)}, the inferred "
                             f"{model.config.model_type} model expects {tuple(expected[wrong].shape)}")
+    integer = next((key for key, value in mapped.items() if expected[key].is_floating_point()
+                    and not value.is_floating_point()), None)
+    if integer:
+        raise MVFormerError(f"{path}: '{integer}' is {mapped[integer].dtype}, not floating point")
+    nonfinite = next((key for key, value in mapped.items() if value.is_floating_point()
+                      and not torch.isfinite(value).all()), None)
+    if nonfinite:
+        raise MVFormerError(f"{path}: the weights hold NaN or Inf (first: '{nonfinite}'); they cannot be used")
     model.load_state_dict({key: value.to(expected[key].dtype) for key, value in mapped.items()})
     return model.float().eval()
 
@@ -296,21 +302,25 @@ def describe(model: PreTrainedModel) -> str:
     return f"ResNet ({config.layer_type}): blocks per stage {config.depths}, stage widths {config.hidden_sizes}"
 
 
+def _not_converted(folder: Path) -> str | None:
+    """Why `folder` is not an earlier `convert-backbone` output (exactly its two files), or None."""
+    names = sorted(entry.name for entry in folder.iterdir())
+    return None if names == sorted(CONVERTED_FILES) else f"it holds {', '.join(names[:3])}, not just " \
+                                                          f"{' and '.join(CONVERTED_FILES)}"
+
+
 def convert_backbone(path: str | Path, out_dir: str | Path, num_heads: int | None = None,
                      overwrite: bool = False) -> str:
     """Write a weights file as a transformers `save_pretrained` folder (config.json, model.safetensors) that
-    `backbone.path` can name; returns the one-line description of the model. Files appear whole or not at all."""
+    `backbone.path` can name; returns the one-line description of the model. The folder is written through
+    `files.output_folder` (whole or not at all; --overwrite replaces only an earlier conversion)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MVFormerError(f"{out_dir}: is a file, not a folder")
-    check_outputs([out_dir / name for name in CONVERTED_FILES], overwrite)
+    check_output_place(out_dir, _not_converted, overwrite, [path])
     model = load_backbone_file(path, num_heads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = out_dir / f".convert.{os.getpid()}.tmp"
-    try:
-        model.save_pretrained(staging)
-        for written in staging.iterdir():
-            os.replace(written, out_dir / written.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with output_folder(out_dir, _not_converted, overwrite, [path]) as staging:
+        try:
+            model.save_pretrained(staging)
+        except SafetensorError as error:  # a full disk, among others: its message names no file
+            raise MVFormerError(f"{out_dir}: cannot write model.safetensors ({error}); nothing was replaced") \
+                from None
     return describe(model)

@@ -7,6 +7,7 @@ number of loader workers or ranks, and after a resume.
 
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,12 +56,13 @@ class _Clips(Dataset):
         return sample_views(self.lengths[index], self.clip_len, rng, max_stretch=self.max_stretch, rule=self.rule,
                             consistent_offset=self.consistent_offset)
 
-    def item(self, index: int, views: ClipViews, **inputs: torch.Tensor) -> dict:
-        """One training item: the views' inputs (frames or cached tokens) and their time fields."""
-        item = {**inputs, "steps": torch.from_numpy(views.steps), "masks": torch.from_numpy(views.masks),
-                "seq_lens": torch.full((views.indices.shape[0],), views.seq_len, dtype=torch.int64)}
+    def item(self, index: int, drawn: ClipViews, **inputs: torch.Tensor) -> dict:
+        """One training item: the inputs of the `drawn` views (frames, augmented views or cached tokens) and their
+        time fields."""
+        item = {**inputs, "steps": torch.from_numpy(drawn.steps), "masks": torch.from_numpy(drawn.masks),
+                "seq_lens": torch.full((drawn.indices.shape[0],), drawn.seq_len, dtype=torch.int64)}
         if self.labels is not None:
-            labels = np.where(views.masks, self.labels[index][views.indices], -1)  # (V, T)
+            labels = np.where(drawn.masks, self.labels[index][drawn.indices], -1)  # (V, T)
             item["labels"] = torch.from_numpy(labels.astype(np.int64))
         return item
 
@@ -123,9 +125,13 @@ class CachedTrainingClips(_Clips):
         rng = self.rng(index)
         views = self.views(index, rng)
         copies = self._draw_copies(rng, len(views.indices))
-        patches, cls = zip(*(self.cache.features(self.split, index, indices, int(copy))
-                             for indices, copy in zip(views.indices, copies)))
-        return self.item(index, views, patches=torch.stack(patches), cls=torch.stack(cls))  # (2, T, P, C), (2, T, C_cls)
+        num_views, clip_len = views.indices.shape
+        patches = torch.empty(num_views, clip_len, self.cache.num_patches, self.cache.patch_dim,
+                              dtype=torch.float16)  # (2, T, P, C)
+        cls = torch.empty(num_views, clip_len, self.cache.cls_dim, dtype=torch.float16)  # (2, T, C_cls)
+        for view, (indices, copy) in enumerate(zip(views.indices, copies)):  # each view read in place
+            self.cache.features(self.split, index, indices, int(copy), out=(patches[view], cls[view]))
+        return self.item(index, views, patches=patches, cls=cls)
 
 
 def augment_batch(frames: torch.Tensor, seeds: torch.Tensor, out_size: int, augment: AugmentConfig,
@@ -137,12 +143,49 @@ def augment_batch(frames: torch.Tensor, seeds: torch.Tensor, out_size: int, augm
     return normalize(views, mean, std).view(*frames.shape[:2], *views.shape[1:])
 
 
+@dataclass
+class Batch:
+    """One step's share of a global batch, on the training device: what the objectives read. B videos, V views,
+    T frames a view; the visual input is either `frames` or the cached `patches` and `cls`."""
+
+    masks: torch.Tensor  # (B, V, T): 1 for a frame of the video, 0 for padding
+    steps: torch.Tensor  # (B, V, T) int64: each frame's index in its video
+    seq_lens: torch.Tensor  # (B, V) int64: the video's length
+    frames: torch.Tensor | None = None  # normalised (B, V, T, 3, S, S)
+    patches: torch.Tensor | None = None  # float16 cached patch tokens (B, V, T, P, C)
+    cls: torch.Tensor | None = None  # float16 cached CLS tokens (B, V, T, C_cls)
+    labels: torch.Tensor | None = None  # (B, V, T) int64 phases, -1 unlabelled or padding (supervised objective)
+
+
+def training_batch(clips: dict, device: torch.device, image_size: int, augment: AugmentConfig,
+                   mean: tuple[float, ...], std: tuple[float, ...]) -> Batch:
+    """A collated batch of clips (`collate_clips`) moved to `device` as a `Batch`: uint8 frames augmented there
+    from each video's seed, frames augmented in the loader (native resolution) normalised, cached tokens as
+    they are. The seeds stay on the host (reading them back from a GPU would sync once per video)."""
+    moved = {key: value.to(device, non_blocking=True) for key, value in clips.items() if key != "augment_seed"}
+    if "frames" in moved:
+        moved["frames"] = augment_batch(moved["frames"], clips["augment_seed"], image_size, augment, mean, std)
+    elif "views" in moved:
+        moved["frames"] = normalize(moved.pop("views"), mean, std)
+    return Batch(**moved)
+
+
 def collate_clips(items: list[dict]) -> dict:
-    """Stack the readable clips of a batch; "skipped" lists the reasons of those that were not."""
+    """Stack the readable clips of a batch; "skipped" lists the reasons of those that were not. A batch of one
+    clip (Penn Action's) is a view of it, not a copy: cached tokens of ViT-B/8 are 0.6 GB a clip."""
     readable = [item for item in items if "skipped" not in item]
-    batch = {key: torch.stack([item[key] for item in readable]) for key in readable[0]} if readable else {}
+    if len(readable) == 1:
+        batch = {key: value[None] for key, value in readable[0].items()}
+    else:
+        batch = {key: torch.stack([item[key] for item in readable]) for key in readable[0]} if readable else {}
     batch["skipped"] = [item["skipped"] for item in items if "skipped" in item]
     return batch
+
+
+def check_batch_fits(num_videos: int, batch_size: int) -> None:
+    """An epoch needs at least one whole global batch."""
+    if num_videos < batch_size:
+        raise MVFormerError(f"train.batch_size ({batch_size}) is larger than the training set ({num_videos} videos)")
 
 
 def epoch_batches(num_videos: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
@@ -150,8 +193,7 @@ def epoch_batches(num_videos: int, batch_size: int, seed: int, epoch: int) -> np
 
     The last incomplete batch is dropped so that every rank gets its share of every batch.
     """
-    if num_videos < batch_size:
-        raise MVFormerError(f"train.batch_size ({batch_size}) is larger than the training set ({num_videos} videos)")
+    check_batch_fits(num_videos, batch_size)
     order = np.random.default_rng([seed, epoch, 2]).permutation(num_videos)
     steps = num_videos // batch_size
     return order[:steps * batch_size].reshape(steps, batch_size)

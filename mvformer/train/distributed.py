@@ -125,6 +125,8 @@ def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when `flag` is true on at least one."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return bool(flag)  # one process: no tensor on the device to read back, so no synchronisation
     return bool(sum_over_ranks(torch.tensor(float(flag), device=device)) > 0)
 
 

@@ -26,23 +26,23 @@ from mvformer.checkpoint import (
     METRICS_NAME,
     config_differences,
     load_checkpoint,
+    read_metrics,
     save_checkpoint,
     trainable_weights,
 )
 from mvformer.config import Config, TrainConfig, save_config
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.formats import has_split, open_dataset
-from mvformer.data.transforms import normalize
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.embed import EvaluationSet, check_scorable, embed_split, evaluation_sets
-from mvformer.evaluation.report import score_with_controls
+from mvformer.evaluation.scoring import score_with_controls
 from mvformer.features.cache import FeatureCache, open_feature_cache
 from mvformer.losses.classification import FrameClassifier
 from mvformer.model.mvformer import MVFormer, build_model
 from mvformer.progress import note, progress_bar, silent
 from mvformer.runtime import random_states, resolve_device, restore_random_states, seed_everything
-from mvformer.train.clips import (CachedTrainingClips, TrainingClips, augment_batch, collate_clips,
-                                  epoch_batches)
+from mvformer.train.clips import (CachedTrainingClips, TrainingClips, check_batch_fits, collate_clips,
+                                  epoch_batches, training_batch)
 from mvformer.train.distributed import (
     Ranks,
     any_rank,
@@ -124,17 +124,22 @@ def _open_data(config: Config, train_set: VideoDataset | None, val_set: VideoDat
 
 
 def _evaluation_sets(run: _Run) -> list[EvaluationSet]:
-    """What training's evaluation scores, checked before the first step: the training data, or each Penn Action
-    action on its own (PROTOCOL.md), exactly as `mvformer evaluate` does."""
+    """What training's evaluation scores, checked before the first step (a task the labels do not allow is named
+    once and left out): the training data, or each Penn Action action on its own (PROTOCOL.md), exactly as
+    `mvformer evaluate` does."""
     if run.config.data.format == "penn_action" and run.config.data.subset is None:
-        return evaluation_sets(run.config)
-    dataset = EvaluationSet(Path(run.config.data.root).name or "data", run.train_set, run.val_set)
-    check_scorable(dataset, run.config.eval)
-    return [dataset]
+        sets = evaluation_sets(run.config)
+    else:
+        sets = [EvaluationSet(Path(run.config.data.root).name or "data", run.train_set, run.val_set)]
+        check_scorable(sets[0], run.config.eval)
+    for line in (line for dataset in sets for line in dataset.notes):
+        run.say(line)
+    return sets
 
 
 def _start(run: _Run, resume: bool) -> tuple[int, int, list[float]]:
-    """Resume from the run folder's checkpoint, or claim a fresh run folder; returns (epoch, step, epoch losses)."""
+    """Resume from the run folder's checkpoint, or check that a fresh run may use the folder (writing nothing);
+    returns (epoch, step, epoch losses)."""
     config, ranks, path = run.config, run.ranks, run.checkpoint_path
     start = (0, 0, [])
     if resume:
@@ -165,11 +170,16 @@ def _start(run: _Run, resume: bool) -> tuple[int, int, list[float]]:
                             f"run needs an empty or new train.output_dir")
     elif config.train.init_from:
         run.model.load_trainable_state_dict(trainable_weights(config.train.init_from), config.train.init_from)
-    any_rank(False, run.device)  # a barrier: every rank has looked at the folder before the first one writes to it
-    if ranks.is_main:
-        save_config(config, path.parent / "config.yaml")
-        run.log = MetricsLog(path.parent)
     return start
+
+
+def _claim(run: _Run) -> None:
+    """Write the run's config and open its log: called once every check has passed, so a refused start leaves
+    nothing behind that would block the corrected command."""
+    any_rank(False, run.device)  # a barrier: every rank has looked at the folder before the first one writes to it
+    if run.ranks.is_main:
+        save_config(run.config, run.checkpoint_path.parent / "config.yaml")
+        run.log = MetricsLog(run.checkpoint_path.parent)
 
 
 def _open_clips(run: _Run) -> None:
@@ -205,7 +215,7 @@ def _evaluate(run: _Run) -> dict | None:
         embedded.append(tuple(splits))
     if not ranks.is_main:
         return None
-    return score_with_controls(run.eval_sets, embedded, run.model, run.say)
+    return score_with_controls(run.eval_sets, embedded, run.model, run.config.eval, run.say)
 
 
 def _checkpoint(run: _Run, epoch: int, step: int, epoch_losses: list[float], where: str) -> None:
@@ -224,18 +234,15 @@ def _checkpoint(run: _Run, epoch: int, step: int, epoch_losses: list[float], whe
         save_checkpoint(run.checkpoint_path, state)
 
 
-def _step(run: _Run, batch: dict, autocast: torch.autocast) -> tuple[float, bool]:
-    """One optimisation step on this rank's share of a global batch; returns the global batch's loss and whether
-    it was finite. A step with a NaN/Inf loss or gradient norm changes nothing, on every rank: no update, and the
-    BatchNorm running statistics are put back as they were."""
+def _step(run: _Run, clips: dict, autocast: torch.autocast) -> tuple[float, bool, torch.Tensor]:
+    """One optimisation step on this rank's share of a global batch (collated `clips`); returns the global batch's
+    loss, whether it
+    was finite, and the gradient norm before clipping (a tensor on the device: reading it would sync). A step with
+    a NaN/Inf loss or gradient norm changes nothing, on every rank: no update, and the BatchNorm running
+    statistics are put back as they were."""
     config, device, model = run.config, run.device, run.model
-    batch = {key: value.to(device) for key, value in batch.items()}
-    mean, std = model.backbone.mean, model.backbone.std
-    if "frames" in batch:
-        batch["frames"] = augment_batch(batch.pop("frames"), batch.pop("augment_seed"), config.data.image_size,
-                                        config.data.augment, mean, std)
-    elif "views" in batch:  # augmented in the loader (native-resolution frames)
-        batch["frames"] = normalize(batch.pop("views"), mean, std)
+    batch = training_batch(clips, device, config.data.image_size, config.data.augment, model.backbone.mean,
+                           model.backbone.std)
     statistics = {name: buffer.clone() for name, buffer in model.named_buffers() if "running_" in name
                   or name.endswith("num_batches_tracked")}
     with autocast:
@@ -261,16 +268,24 @@ def _step(run: _Run, batch: dict, autocast: torch.autocast) -> tuple[float, bool
             buffers[name].copy_(value)
     if run.scaler is not None:
         run.scaler.update()  # a skipped fp16 step lowers the scale
-    return global_loss, finite
+    return global_loss, finite, grad_norm.detach()
+
+
+def _note_of(config: Config, line: str) -> None:
+    """A note that names its run: several runs may share a terminal (the demo)."""
+    note(f"{config.name}: {line}")
 
 
 def _count_skipped(run: _Run, skipped: list[str]) -> None:
     """Count the batch's unreadable videos over all ranks; name each once."""
-    run.counters["skipped_videos"] += int(sum_over_ranks(torch.tensor(len(skipped))))
+    count = len(skipped)
+    if run.ranks.distributed:  # on the device: NCCL reduces GPU tensors only
+        count = int(sum_over_ranks(torch.tensor(count, device=run.device)))
+    run.counters["skipped_videos"] += count
     for reason in skipped:
         if reason not in run.warned:
             run.warned.add(reason)
-            note(f"skipping unreadable video: {reason}")
+            _note_of(run.config, f"skipping unreadable video: {reason}")  # every rank names its own
 
 
 def _count_finite(run: _Run, finite: bool, epoch: int, step: int) -> None:
@@ -297,21 +312,29 @@ def _train_epoch(run: _Run, epoch: int, first_step: int, epoch_losses: list[floa
     local = batches[first_step:, ranks.rank * per_rank:(ranks.rank + 1) * per_rank]  # (steps, per_rank)
     # Cached tokens are read from memory maps in this process: passing them through workers costs more.
     workers = 0 if run.cache is not None else config.data.num_workers
+    # Workers hand batches to a pinning thread, so the copy to the GPU is asynchronous; without workers, pinning
+    # would be one more copy in this process.
+    pin = workers > 0 and run.device.type == "cuda"
     loader = DataLoader(run.clips, batch_sampler=local.tolist(), num_workers=workers, collate_fn=collate_clips,
-                        generator=torch.Generator())  # not the global RNG
+                        pin_memory=pin, generator=torch.Generator())  # not the global RNG
     lr = config.train.lr * learning_rate_factor(epoch, config.train)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.model.train()
     clip_count, started, every_steps = 0, time.perf_counter(), config.train.checkpoint_every_steps
+    steps, finite_steps, moved = 0, 0, torch.zeros((), dtype=torch.bool, device=run.device)
+    calibrating = 0  # fp16 steps skipped while the gradient scaler finds its scale (finite loss, overflowing grads)
     for step, batch in enumerate(loader, start=first_step):
         _count_skipped(run, batch.pop("skipped"))
         if any_rank(not batch, run.device):  # a rank has nothing left of its share: the step is skipped
             bar.update()
             continue
-        global_loss, finite = _step(run, batch, autocast)
+        global_loss, finite, grad_norm = _step(run, batch, autocast)
+        steps, finite_steps = steps + 1, finite_steps + finite
+        calibrating += not finite and run.scaler is not None and math.isfinite(global_loss)
         if finite:
             epoch_losses.append(global_loss)
+            moved |= grad_norm > 0
         _count_finite(run, finite, epoch, step)
         clip_count += config.train.batch_size
         if every_steps and (step + 1) % every_steps == 0 and step + 1 < steps_per_epoch:
@@ -320,7 +343,22 @@ def _train_epoch(run: _Run, epoch: int, first_step: int, epoch_losses: list[floa
         bar.set_postfix(epoch=epoch, loss=f"{global_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}",
                         skipped=run.counters["skipped_videos"], nonfinite=run.counters["nonfinite_steps"])
         bar.update()
+    _check_learned(run, epoch, steps - calibrating, finite_steps, bool(moved))
     return clip_count / max(time.perf_counter() - started, 1e-9)
+
+
+def _check_learned(run: _Run, epoch: int, steps: int, finite_steps: int, moved: bool) -> None:
+    """Stop a run that cannot learn, with one line, rather than let it finish without a word: every step of the
+    epoch non-finite (nothing was updated), or every gradient exactly zero (the loss is constant). `steps` leaves
+    out fp16 steps skipped by the gradient scaler while it calibrates: those are no sign of a broken loss."""
+    if steps and not finite_steps:
+        raise MVFormerError(f"epoch {epoch}: the loss or gradient of every step ({steps}) was NaN or Inf, so "
+                            f"nothing was learned; check the objective's settings and train.lr ("
+                            f"{run.checkpoint_path} holds the last good weights, if any)")
+    if finite_steps and not moved:
+        raise MVFormerError(f"epoch {epoch}: every gradient was exactly zero ({finite_steps} steps): the "
+                            f"{run.config.train.objective} loss is constant under these settings, so nothing is "
+                            f"learned; check the objective's settings")
 
 
 def _autocast(config: Config, device: torch.device) -> torch.autocast:
@@ -341,9 +379,10 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
     run_dir = Path(config.train.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise MVFormerError(f"{run_dir}: train.output_dir exists and is not a folder")
-    say = note if ranks.is_main else silent
+    say = (lambda line: _note_of(config, line)) if ranks.is_main else silent
     seed_everything(config.train.seed)  # identical initial weights on every rank
     train_set, val_set = _open_data(config, train_set, val_set, say)
+    check_batch_fits(len(train_set), config.train.batch_size)
     model = build_model(config, backbone).to(device)
     if ranks.distributed:
         synchronise_batch_norm(model, device)
@@ -365,10 +404,30 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
     return TrainResult(model.eval(), run_dir, final_metrics)
 
 
+def _evaluate_and_log(run: _Run, epoch: int) -> dict | None:
+    """Score the model after `epoch` and log the evaluation record; returns the mean metrics (None off rank 0)."""
+    scores = _evaluate(run)
+    if run.log is None:
+        return None
+    per_dataset = {"eval_datasets": scores["datasets"]} if len(scores["datasets"]) > 1 else {}
+    run.log.write({"epoch": epoch, "eval": scores["mean"], "time_only": scores["time_only"]["mean"],
+                   "collapsed": scores["collapsed"], "health": scores["health"], **per_dataset})
+    return scores["mean"]
+
+
+def _final_evaluation_owed(run: _Run) -> bool:
+    """Whether a finished run's log lacks the evaluation after its last epoch."""
+    last = run.config.train.epochs - 1
+    records = read_metrics(run.checkpoint_path.parent) if run.checkpoint_path.with_name(METRICS_NAME).is_file() \
+        else []
+    return not any(isinstance(r, dict) and r.get("epoch") == last and "eval" in r for r in records)
+
+
 def _train_epochs(run: _Run, start_epoch: int, start_step: int, epoch_losses: list[float]) -> dict | None:
     """Every epoch from (start_epoch, start_step) on: train, checkpoint, log, evaluate; returns the last metrics."""
     config, ranks = run.config, run.ranks
     _open_clips(run)
+    _claim(run)
     run.step_module = TrainStep(run.model, config.train.objective, run.classifier)
     if ranks.distributed:  # only SCL uses the projection head; a zeroed visual input leaves the pooling unused
         unused = config.model.zero_visual_input or config.train.objective != "scl"
@@ -390,12 +449,9 @@ def _train_epochs(run: _Run, start_epoch: int, start_step: int, epoch_losses: li
             run.log.write({"epoch": epoch, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
                            "lr": run.optimizer.param_groups[0]["lr"], "clips_per_s": clips_per_s, **run.counters})
         if run.eval_sets and (last or (epoch + 1) % config.train.eval_every == 0):
-            scores = _evaluate(run)
-            final_metrics = scores["mean"] if scores is not None else None
-            if run.log is not None:
-                per_dataset = {"eval_datasets": scores["datasets"]} if len(scores["datasets"]) > 1 else {}
-                run.log.write({"epoch": epoch, "eval": final_metrics, "time_only": scores["time_only"]["mean"],
-                               "collapsed": scores["collapsed"], "health": scores["health"], **per_dataset})
+            final_metrics = _evaluate_and_log(run, epoch)
+    if start_epoch == epochs and run.eval_sets and any_rank(_final_evaluation_owed(run), run.device):
+        final_metrics = _evaluate_and_log(run, epochs - 1)  # killed after the last checkpoint, before this
     bar.close()
     if run.log is not None:
         run.log.close()

@@ -14,7 +14,7 @@ from mvformer.losses.scl import sequence_contrastive_loss
 from mvformer.losses.tcc import tcc_loss
 from mvformer.losses.tcn import tcn_loss
 from mvformer.model.mvformer import MVFormer
-from mvformer.train.clips import Sampler
+from mvformer.train.clips import Batch, Sampler
 from mvformer.train.distributed import Ranks
 
 
@@ -29,36 +29,35 @@ class TrainStep(nn.Module):
         self.objective = objective
         self.classifier = classifier
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        """batch["frames"] normalised (B, V, T, 3, S, S) or cached batch["patches"], batch["cls"] -> (B, V, T, E)."""
-        masks = batch["masks"].flatten(0, 1)  # (B * V, T)
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The batch's frames (or cached tokens) -> (B, V, T, E), or frame logits (B, V, T, C)."""
+        masks = batch.masks.flatten(0, 1)  # (B * V, T)
         options = {"project": self.objective == "scl", "normalize": self.objective in ("scl", "tcn")}
-        if "patches" in batch:  # float16 tokens read from the feature cache
-            embs = self.model.embed_features(batch["patches"].flatten(0, 1).float(),
-                                             batch["cls"].flatten(0, 1).float(), masks, **options)
+        if batch.patches is not None:  # float16 tokens read from the feature cache
+            embs = self.model.embed_features(batch.patches.flatten(0, 1).float(), batch.cls.flatten(0, 1).float(),
+                                             masks, **options)
         else:
-            embs = self.model(batch["frames"].flatten(0, 1), masks, **options)
-        embs = embs.view(*batch["masks"].shape, -1)  # (B, V, T, E)
+            embs = self.model(batch.frames.flatten(0, 1), masks, **options)
+        embs = embs.view(*batch.masks.shape, -1)  # (B, V, T, E)
         return self.classifier(embs) if self.classifier is not None else embs
 
 
-def objective_loss(config: Config, outputs: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def objective_loss(config: Config, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """The configured objective's loss on this rank's share, and the weight of that share in the global batch
     (valid frames for SCL and TCC, videos holding a real anchor-positive pair for TCN, labelled frames for the
     supervised objective), so that DDP's gradient average is the global batch's gradient."""
-    masks = batch["masks"].bool()
+    masks = batch.masks.bool()
     objective = config.train.objective
     if objective == "scl":
-        loss = sequence_contrastive_loss(outputs, batch["steps"], batch["seq_lens"], masks, config.loss.temperature,
+        loss = sequence_contrastive_loss(outputs, batch.steps, batch.seq_lens, masks, config.loss.temperature,
                                          config.loss.variance)
         return loss, masks.sum()
     if objective == "tcc":
-        return tcc_loss(outputs, batch["steps"], batch["seq_lens"], masks, config.tcc), masks.sum()
+        return tcc_loss(outputs, batch.steps, batch.seq_lens, masks, config.tcc), masks.sum()
     if objective == "tcn":
         pairs = (masks[..., 0::2] & masks[..., 1::2]).flatten(1).any(dim=1)  # (B,): a video with a real pair
         return tcn_loss(outputs, masks, config.tcn), pairs.sum()
-    labels = batch["labels"]
-    return frame_classification_loss(outputs, labels, masks), (masks & (labels >= 0)).sum()
+    return frame_classification_loss(outputs, batch.labels, masks), (masks & (batch.labels >= 0)).sum()
 
 
 def objective_sampler(config: Config) -> Sampler | None:

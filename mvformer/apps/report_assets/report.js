@@ -1,6 +1,7 @@
 // mvformer report: the alignment viewer. The reference video leads; every other video is moved to the frame its
 // alignment path pairs with the reference's current frame. Frame f of a video at `fps` is shown from time f / fps
-// to (f + 1) / fps, so a video is sought to the middle of a frame, (f + 0.5) / fps.
+// to (f + 1) / fps, so a video is sought to the middle of a frame, (f + 0.5) / fps. Under a labelled video, the
+// marker on its phase strip and the phase's name follow the frame it shows.
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("report-data").textContent);
@@ -23,6 +24,15 @@
     return (frame + 0.5) / data.videos[index].fps;
   }
 
+  function showPhase(index, frame) {
+    const phases = data.videos[index].phases;
+    if (!phases) { return; }
+    const label = phases.labels[frame];
+    document.getElementById("phase-" + index).textContent = label >= 0 ? phases.names[label] : "unlabelled";
+    document.getElementById("swatch-" + index).style.background = label >= 0 ? phases.colours[label] : phases.unlabelled;
+    document.getElementById("marker-" + index).style.left = (100 * (frame + 0.5) / phases.labels.length) + "%";
+  }
+
   function showNearest(frame) {
     nearestFrame.textContent = frame;
     nearestList.replaceChildren(...data.nearest[frame].map(([index, match, distance]) => {
@@ -42,6 +52,7 @@
     scrub.value = frame;
     readout.textContent = "reference frame " + frame + " / " + (data.videos[0].frames - 1);
     frameLabels[0].textContent = "frame " + frame;
+    showPhase(0, frame);
     for (let index = 1; index < videos.length; index++) {
       const match = data.mapping[index][frame];
       const target = timeOf(index, match);
@@ -49,6 +60,7 @@
         videos[index].currentTime = target;
       }
       frameLabels[index].textContent = "frame " + match;
+      showPhase(index, match);
     }
     if (frame !== shownFrame) {
       shownFrame = frame;
