@@ -3,11 +3,12 @@
 Run by hand (a few minutes on two CPU cores with the defaults):
     python benchmarks/backbones.py [--threads 2] [--frames 16] [--repeats 3]
 
-Backbones, each on `--frames` random 224 px frames at a time (one backbone chunk), best of `--repeats` timed passes
-after a warm-up pass; the passes take turns across backbones, so load on a shared machine hits them alike:
+Backbones, each on `--frames` random frames at a time (one backbone chunk; 224 px unless said), best of `--repeats`
+timed passes after a warm-up pass; the passes take turns across backbones, so load on a shared machine hits them
+alike:
 - patches: raw 8x8 pixel patches (the demo's backbone, no network);
-- efficientnet_lite0: the shipped `lite0` config's blocks, channels_last (as mvformer runs it), and the same
-  network in the default memory order, to show what channels_last buys;
+- efficientnet_lite0: the shipped `lite0` config's blocks, channels_last (as mvformer runs it), at 224 px (`lite0`'s
+  size) and at 160 px, and the same network at 224 px in the default memory order, to show what channels_last buys;
 - ViT-S/16 and ViT-B/8: DINO's geometries with random weights (the same operations and FLOPs as the DINO models;
   no weights are needed), all 12 blocks.
 Printed: multiply-accumulates per frame (torch's FLOP counter, halved), frames per second, and each backbone's
@@ -53,6 +54,7 @@ def backbones() -> dict[str, FrozenBackbone]:
                                                                             image_size=IMAGE_SIZE),
         "efficientnet_lite0, default memory order": DefaultMemoryOrderLite0(load_efficientnet_lite0(), blocks,
                                                                             IMAGE_SIZE),
+        "efficientnet_lite0, channels_last, 160 px": build_backbone("efficientnet_lite0", blocks, image_size=160),
         "ViT-S/16 (random weights)": random_vit(VIT_SMALL_16),
         "ViT-B/8 (random weights)": random_vit(VIT_BASE_8),
     }
@@ -61,7 +63,7 @@ def backbones() -> dict[str, FrozenBackbone]:
 def macs_per_frame(backbone: FrozenBackbone) -> float:
     counter = FlopCounterMode(display=False)
     with counter:
-        backbone(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+        backbone(torch.zeros(1, 3, backbone.image_size, backbone.image_size))
     return counter.get_total_flops() / 2
 
 
@@ -73,18 +75,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = backbones()
-    frames = torch.randn(args.frames, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    frames = {size: torch.randn(args.frames, 3, size, size, generator=generator)
+              for size in {model.image_size for model in models.values()}}
     for model in models.values():
-        model(frames[:2])  # warm-up: allocator, oneDNN kernels
+        model(frames[model.image_size][:2])  # warm-up: allocator, oneDNN kernels
     seconds = {name: [] for name in models}
     for _ in range(args.repeats):
         for name, model in models.items():
             started = time.perf_counter()
-            model(frames)
+            model(frames[model.image_size])
             seconds[name].append(time.perf_counter() - started)
     lite0 = next(name for name in models if name.startswith("efficientnet_lite0"))
     per_frame = {name: min(times) / args.frames for name, times in seconds.items()}
-    print(f"{args.threads} threads, {args.frames} frames of {IMAGE_SIZE} px per pass, best of {args.repeats}\n")
+    print(f"{args.threads} threads, {args.frames} frames per pass, best of {args.repeats}\n")
     print("| backbone | GMAC / frame | frames/s | time per frame vs efficientnet_lite0 |")
     print("|---|---|---|---|")
     for name, model in models.items():

@@ -86,6 +86,7 @@ from mvformer.model.backbone import FrozenBackbone, build_backbone  # noqa: E402
 from mvformer.model.mvformer import build_model  # noqa: E402
 from mvformer.pretrained import load_pretrained  # noqa: E402
 from mvformer.progress import silent  # noqa: E402
+from mvformer.runs import read_log  # noqa: E402
 from mvformer.train import loop  # noqa: E402
 from mvformer.train.clips import CachedTrainingClips, TrainingClips, _Clips, collate_clips  # noqa: E402
 from mvformer.train.distributed import Ranks  # noqa: E402
@@ -365,8 +366,7 @@ def demo_training(check: Check) -> dict:
     reference = _train_weights(reference_config, train_set, val_set)
     check.made["demo_reference"] = reference  # torchrun's section trains the same config
     seconds_per_run = time.perf_counter() - started
-    losses = [record["loss"] for record in map(json.loads, (check.work / "demo-reference" / "metrics.jsonl")
-                                               .read_text().splitlines()) if "loss" in record]
+    losses = [record.loss for record in read_log(check.work / "demo-reference").epochs]
 
     resumed_config = demo_config(check, check.work / "demo-resumed")
     stop_after = steps_before_interruption(resumed_config, len(train_set))
@@ -420,9 +420,9 @@ def _time_step(check: Check, config: Config, backbone: FrozenBackbone, batch: di
     optimizer = torch.optim.Adam(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
     scaler = torch.amp.GradScaler(check.device.type) if config.train.precision == "fp16" else None
     run = loop._Run(config=config, ranks=Ranks(), device=check.device, model=model, optimizer=optimizer,
-                    train_set=None, val_set=None, checkpoint_path=check.work / "unused.pt", say=silent,
-                    scaler=scaler)
-    run.step_module = TrainStep(model, config.train.objective)
+                    scaler=scaler, classifier=None, step_module=TrainStep(model, config.train.objective),
+                    train_set=None, clips=None, cache=None, eval_sets=[], checkpoint_path=check.work / "unused.pt",
+                    log=None, say=silent)
     autocast = loop._autocast(config, check.device)
     model.train()
     if check.device.type == "cuda":

@@ -1,5 +1,5 @@
-"""Training checkpoints and the run folder: write and read them, and turn "a run folder, a checkpoint, an export
-folder or an export's Hub id" into a model.
+"""Training checkpoints: write and read them, and turn "a run folder, a checkpoint, an export folder or an export's
+Hub id" into a model (`load_model`, a `Trained`). The run folder's other files are `mvformer.runs`'.
 
 A checkpoint holds plain tensors and containers only and is read with `torch.load(weights_only=True)`; it is
 written to a temporary file and renamed over the previous one, so a kill never leaves half a checkpoint.
@@ -7,10 +7,6 @@ written to a temporary file and renamed over the previous one, so a kill never l
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +18,9 @@ from mvformer.files import atomic_path
 from mvformer.model.backbone import FrozenBackbone
 from mvformer.model.mvformer import MVFormer, build_model
 from mvformer.pretrained import load_pretrained, names_export, read_pretrained, save_pretrained
+from mvformer.runs import CHECKPOINT_NAME, read_log
 from mvformer.runtime import resolve_device
 
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 (epoch-boundary checkpoints) still loads as a model
 
@@ -153,24 +148,6 @@ def load_model(source: str | Path, device: str = "auto") -> Trained:
     return Trained(model.to(torch_device).eval(), config, source, torch_device)
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The records of a run's metrics.jsonl, in order."""
-    path = Path(run_dir) / METRICS_NAME
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MVFormerError(f"{path}: not valid JSON lines ({str(error).splitlines()[0]})") from None
-
-
-def _checkpoint_metrics(run_dir: Path, epoch: int) -> dict | None:
-    """The last evaluation in RUN/metrics.jsonl made at the checkpoint's epoch (a later one scored other weights)."""
-    if not (run_dir / METRICS_NAME).is_file():
-        return None
-    evaluations = [r["eval"] for r in read_metrics(run_dir)
-                   if isinstance(r, dict) and r.get("epoch") == epoch and isinstance(r.get("eval"), dict)]
-    return evaluations[-1] if evaluations else None
-
-
 def export_checkpoint(run_or_checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """`mvformer export`: a training checkpoint (or a run folder holding one) -> a save_pretrained folder,
     with the run's evaluation at the checkpoint's epoch, if any, in the model card."""
@@ -181,43 +158,7 @@ def export_checkpoint(run_or_checkpoint: str | Path, out: str | Path, overwrite:
     # Version 1 stored the last finished epoch; version 2 stores where to resume (epoch, step within it).
     trained_epochs = state["epoch"] + 1 if state["version"] == 1 else state["epoch"]
     at_epoch_end = state.get("step", 0) == 0 and trained_epochs > 0
-    metrics = _checkpoint_metrics(checkpoint.parent, trained_epochs - 1) if at_epoch_end else None
+    evaluation = read_log(checkpoint.parent).evaluation_after(trained_epochs - 1) if at_epoch_end else None
+    metrics = evaluation.eval if evaluation is not None else None  # a later evaluation scored other weights
     return save_pretrained(model, out, config, metrics=metrics, data=config.data.root, overwrite=overwrite,
                            trained_epochs=trained_epochs, inputs=[checkpoint])
-
-
-@contextmanager
-def run_folder_lock(run_dir: Path, is_main: bool) -> Iterator[None]:
-    """Hold RUN/.lock while training writes into the run folder: a second process refuses to write into it too.
-    A lock left by a process that no longer runs (killed) is taken over."""
-    if not is_main:
-        yield
-        return
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / ".lock"
-    for _ in range(2):
-        try:
-            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            try:
-                holder = int(lock.read_text().strip() or 0)
-                os.kill(holder, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            except PermissionError:
-                pass
-            raise MVFormerError(f"{run_dir}: another mvformer process ({holder}) is training into this folder") \
-                from None
-    else:
-        raise MVFormerError(f"{run_dir}: cannot take the run folder's lock {lock}")
-    try:
-        os.write(descriptor, str(os.getpid()).encode())
-        os.close(descriptor)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        if created and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that failed before writing anything leaves no folder behind

@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
         return sub
 
-    demo = add("demo", _cmd_demo, "synthetic videos, five models, one metrics table (minutes on a CPU)")
+    demo = add("demo", _cmd_demo, "synthetic videos, three models and three controls, one metrics table (minutes)")
     demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (table shows mean ± 2 std)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override demo.yaml")

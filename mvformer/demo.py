@@ -1,8 +1,9 @@
-"""The embedded demo: synthetic pouring videos, five models, one table.
+"""The embedded demo: synthetic pouring videos, three models and three controls, one table.
 
 Rows: MV-Former; late fusion (one CLS vector per frame); MV-Former without time encoding (its tau can
-only come from vision); and two controls that show what needs no seeing: the untrained MV-Former and
-a time-only model (the same head trained with its visual input zeroed).
+only come from vision); and three controls that show what needs no seeing: the untrained MV-Former,
+a time-only model (the same head trained with its visual input zeroed) and relative time alone
+through the sinusoidal code.
 """
 
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mvformer.apps.pictures import write_demo_pictures
-from mvformer.checkpoint import load_model, read_metrics
+from mvformer.checkpoint import load_model
 from mvformer.config import Config, apply_overrides, config_from_dict, load_config
 from mvformer.data.datasets import VideoDataset, has_generic_split
 from mvformer.data.synthetic import generate_pouring_dataset
@@ -21,6 +22,7 @@ from mvformer.evaluation.embed import evaluate_model
 from mvformer.evaluation.time_only import time_only_metrics
 from mvformer.model.backbone import build_backbone
 from mvformer.model.mvformer import build_model
+from mvformer.runs import read_log
 from mvformer.runtime import resolve_device, seed_everything
 from mvformer.train.loop import train
 from mvformer.viz import plot_training_curves
@@ -77,7 +79,7 @@ def run_variant(variant: Variant, base: Config, seed: int, run_dir: Path, train_
         model = build_model(config, backbone).to(device).eval()
         return _row(evaluate_model(model, train_set, val_set, config.eval, device)), []
     result = train(config, train_set, val_set, backbone=backbone)
-    curve = [(r["epoch"], r["loss"]) for r in read_metrics(result.run_dir) if "loss" in r]
+    curve = [(record.epoch, record.loss) for record in read_log(result.run_dir).epochs]
     return _row(result.final_metrics), curve
 
 

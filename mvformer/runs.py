@@ -144,30 +144,33 @@ def read_evaluation(run_dir: str | Path) -> dict | None:
 
 
 class MetricsLog:
-    """Appends the run's records to RUN/metrics.jsonl (and its scalars to TensorBoard, when installed)."""
+    """Appends the run's records to RUN/metrics.jsonl (and its scalars to TensorBoard, when installed). Nothing is
+    written, not even the file, before the first record."""
 
     def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
         self.path = run_dir / METRICS_NAME
-        self.path.touch()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD_NAME))
-        except ImportError:
-            self.tensorboard = None
+        self.tensorboard = None
 
     def write(self, record: Record) -> None:
         fields = {key: value for key, value in dataclasses.asdict(record).items()
                   if not (key == "eval_datasets" and value is None)}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(fields) + "\n")
-        if self.tensorboard is not None:
+        if self.tensorboard is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tensorboard = SummaryWriter(str(self.run_dir / TENSORBOARD_NAME))
+            except ImportError:
+                self.tensorboard = False  # not installed: metrics.jsonl alone
+        if self.tensorboard:
             for key, value in flatten_tree(fields, "/").items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch" and \
                         math.isfinite(value):
                     self.tensorboard.add_scalar(key, value, record.epoch)
 
     def close(self) -> None:
-        if self.tensorboard is not None:
+        if self.tensorboard:
             self.tensorboard.close()
 
 

@@ -622,3 +622,14 @@ def test_convert_backbone_command(tmp_path, capsys):
     assert ViTConfig.from_pretrained(tmp_path / "out").num_attention_heads == 3
     assert main(["convert-backbone", str(tmp_path / "absent.pth"), str(tmp_path / "other")]) == 2
     assert capsys.readouterr().err == f"mvformer: error: {tmp_path / 'absent.pth'}: no such weights file\n"
+
+
+def test_a_saved_backbone_holding_nan_is_refused_when_built(tmp_path):
+    """A save_pretrained folder with NaN weights (not read through the weights-file mapping) is caught at build
+    time, with one line, instead of training on NaN features."""
+    model = saved_model(ViTModel, ViTConfig(**SMALL, image_size=32, patch_size=8), tmp_path)
+    with torch.no_grad():
+        model.get_parameter("layers.1.attention.q_proj.weight").fill_(float("nan"))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(MVFormerError, match=r"the backbone's weights hold NaN or Inf \(first: 'layers.1"):
+        build_backbone("vit", [1], path=tmp_path, image_size=32)

@@ -1,6 +1,9 @@
 """The bad-input table of the commands that start or read runs: train (configuration and run folder), evaluate,
 export and convert-backbone. Each case: exit status 2, one line naming the culprit, nothing changed."""
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -33,6 +36,15 @@ def world(tmp_path_factory):
     (base / "empty.yaml").write_text("")
     (base / "base_list.yaml").write_text("base: [1, 2]\n")
     (base / "a_file").write_text("not a folder")
+    for name, line in (("list_line", "[1, 2]"), ("number_line", "3"), ("half_record", '{"epoch": 0, "loss": 1}')):
+        shutil.copytree(run, base / name)
+        with (base / name / "metrics.jsonl").open("a") as handle:
+            handle.write(line + "\n")
+    for name, text in (("garbage_eval", "garbage"), ("empty_eval", "{}"), ("list_eval", "[]")):
+        shutil.copytree(run, base / name)
+        (base / name / "eval").mkdir()
+        (base / name / "eval" / "metrics.json").write_text(text)
+    (base / ".raced.lock").write_text(str(os.getpid()))  # another writer of base/raced, alive: this process
     (base / "mine").mkdir()
     (base / "mine" / "notes.txt").write_text("the user's")
     assert main(["evaluate", str(run), "--out", str(base / "earlier"), "--no-progress"]) == 0
@@ -107,6 +119,18 @@ def cases(w) -> list[Case]:
              ("lacks 'model'",), watch),
         Case("evaluate a checkpoint with a string config", ["evaluate", str(base / "string_config.pt"), "--out",
                                                             str(fresh)], ("'config' is a str",), watch),
+        *(Case(f"report of a run whose log holds {what}", ["report", str(base / name), "--out", str(fresh)],
+               ("metrics.jsonl line", message), watch)
+          for name, what, message in (("list_line", "a list", "is a JSON list, not an object"),
+                                      ("number_line", "a number", "is a JSON int, not an object"),
+                                      ("half_record", "half a record", "the EpochRecord lacks 'lr'"))),
+        *(Case(f"report of a run whose eval/metrics.json is {what}", ["report", str(base / name), "--out",
+                                                                       str(fresh)], ("metrics.json", message), watch)
+          for name, what, message in (("garbage_eval", "garbage", "not valid JSON"),
+                                      ("empty_eval", "{}", "lacks the 'datasets' metrics"),
+                                      ("list_eval", "[]", "is a JSON list"))),
+        *(Case(f"{command} racing another {command} into one --out", [command, str(run), "--out", str(base / "raced")],
+               ("raced: another mvformer process", "is writing it"), watch) for command in ("evaluate", "export")),
         Case("export NaN weights", ["export", str(w["nan"]), "--out", str(fresh)], ("NaN or Inf",), watch),
         Case("export over files", ["export", str(run), "--out", str(base / "mine")], ("already exists",), watch),
         Case("export over a user's folder", ["export", str(run), "--out", str(base / "mine"), "--overwrite"],

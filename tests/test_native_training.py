@@ -5,9 +5,9 @@ sampling rules."""
 import numpy as np
 import pytest
 
-from mvformer.checkpoint import read_metrics
 from mvformer.config import load_config
 from mvformer.data.video import write_video
+from mvformer.runs import read_log
 from mvformer.train.loop import train
 
 SIZES = ((36, 64), (48, 36), (40, 72), (30, 40))  # (height, width): 16:9, 3:4, 9:16-ish, 4:3
@@ -53,7 +53,7 @@ def test_native_frames_train_from_videos_under_both_sampling_rules(native_root, 
 
     result = train(config)
 
-    losses = [record["loss"] for record in read_metrics(result.run_dir) if "loss" in record]
+    losses = [record.loss for record in read_log(result.run_dir).epochs]
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert (result.run_dir / "checkpoint.pt").is_file()
     assert result.final_metrics is not None and result.final_metrics["kendalls_tau"] is not None

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mvformer.checkpoint import load_checkpoint, read_metrics
+from mvformer.checkpoint import load_checkpoint
+from mvformer.runs import read_log
 from mvformer.config import load_config
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.synthetic import generate_pouring_dataset
@@ -41,7 +42,7 @@ def test_objective_lowers_the_loss_and_raises_tau(splits, tmp_path, objective, e
     torch.manual_seed(config.train.seed)
     tau_before = kendalls_tau(embed_split(build_model(config), val_set, torch.device("cpu")))
     result = train(config, train_set, val_set)
-    losses = [r["loss"] for r in read_metrics(result.run_dir) if "loss" in r]
+    losses = [r.loss for r in read_log(result.run_dir).epochs]
     tau_after = kendalls_tau(embed_split(result.model, val_set, torch.device("cpu")))
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:2]), losses
     assert tau_after > tau_before + min_gain, (tau_before, tau_after)

@@ -13,6 +13,7 @@ from mvformer.errors import MVFormerError
 from mvformer.model.mvformer import MVFormer, build_model
 from mvformer.pretrained import FORMAT_VERSION, load_pretrained, model_card, read_pretrained, save_pretrained
 from mvformer.checkpoint import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoint, save_checkpoint
+from mvformer.runs import EpochRecord, EvalRecord, MetricsLog
 from mvformer.runtime import random_states
 
 METRICS = {"classification": {"0.1": 0.625, "1.0": 0.8125}, "progression": {"0.1": 0.5, "1.0": 0.75},
@@ -304,9 +305,11 @@ def test_export_command(tmp_path, capsys):
     run = tmp_path / "run"
     model = train_format_checkpoint(run / "checkpoint.pt", config, epoch=4)
     later = {**METRICS, "kendalls_tau": 0.25}
-    records = [{"epoch": 4, "loss": 1.5, "lr": 1e-3, "clips_per_s": 9.0}, {"epoch": 4, "eval": METRICS},
-               {"epoch": 9, "eval": later}]  # epoch 9 scored weights this checkpoint does not hold
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    records = [EpochRecord(4, 1.5, 1e-3, 9.0, 0, 0), EvalRecord(4, METRICS, METRICS, False, {}),
+               EvalRecord(9, later, later, False, {})]  # epoch 9 scored weights this checkpoint does not hold
+    log = MetricsLog(run)
+    for record in records:
+        log.write(record)
 
     assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
     assert str(tmp_path / "export") in capsys.readouterr().out
@@ -318,7 +321,7 @@ def test_export_command(tmp_path, capsys):
     assert "| kendalls_tau | 0.9375 |" in card and "0.2500" not in card
     assert "`/data/pouring`" in card and "epochs: 5 of the 100 configured" in card
 
-    (run / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines(keepends=True)[0])
     assert main(["export", str(run / "checkpoint.pt"), "--out", str(tmp_path / "export")]) == 2  # never replaced
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert main(["export", str(run / "checkpoint.pt"), "--out", str(tmp_path / "export"), "--overwrite"]) == 0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tolerances import rounding_bound
 from mvformer.config import load_config, save_config
 from mvformer.data.synthetic import generate_pouring_dataset
 from mvformer.checkpoint import load_checkpoint
@@ -48,7 +49,12 @@ def trained_weights(run_dir) -> dict:
 def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights_bit_for_bit(data_root, tmp_path, repeat):
     settings = {"train.epochs": 3, "train.batch_size": 2, "train.checkpoint_every_steps": 1,
                 "train.checkpoint_every": 1, "model.dropout": 0.2}
-    reference = train(small_config(data_root, tmp_path / "reference", **settings))
+    # The uninterrupted reference runs as the killed one does, in a child with the same threads and environment:
+    # bit-for-bit is a claim about one code path, not about this test process's own thread settings.
+    save_config(small_config(data_root, tmp_path / "reference", **settings), tmp_path / "reference.yaml")
+    assert subprocess.run(mvformer_command("train", str(tmp_path / "reference.yaml")), env=child_environment(),
+                          capture_output=True).returncode == 0
+    reference = trained_weights(tmp_path / "reference")
     config_path = tmp_path / "config.yaml"
     save_config(small_config(data_root, tmp_path / "killed", **settings), config_path)
 
@@ -74,8 +80,8 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights_bit_for_bit
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-1000:]
     final = trained_weights(tmp_path / "killed")
-    assert final.keys() == reference.model.trainable_state_dict().keys()
-    for key, value in reference.model.trainable_state_dict().items():
+    assert final.keys() == reference.keys()
+    for key, value in reference.items():
         assert torch.equal(final[key], value), key
 
 
@@ -103,7 +109,10 @@ def test_two_gloo_processes_take_the_same_step_as_one_process_on_the_global_batc
     reference = load_checkpoint(tmp_path / "single")["optimizer"]["state"]
     expected = torch.cat([moments["exp_avg"].flatten() for moments in reference.values()])
     got = torch.cat([state["optimizer"]["state"][index]["exp_avg"].flatten() for index in reference])
-    assert float((got - expected).norm() / expected.norm()) < 1e-4  # measured: 5.7e-6
+    # Two ranks sum the global batch's gradient in another order than one process: float32 rounding, bounded by
+    # n * eps for the longest sum (every patch of every frame of the 8 videos' two views); measured 5.7e-6. A real
+    # fault (a rank's share weighted wrongly, a missing all-reduce) moves it by a large fraction of itself.
+    assert float((got - expected).norm() / expected.norm()) < rounding_bound(torch.float32, 8 * 2 * 16 * 64)
     initial = small_init(data_root, tmp_path)
     moved = sum(int((value - initial[key]).abs().gt(1e-4).sum()) for key, value in single.items()
                 if value.is_floating_point() and "running" not in key)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from bad_inputs import one_line_failure
-from mvformer.checkpoint import CHECKPOINT_FIELDS, read_metrics
+from mvformer.checkpoint import CHECKPOINT_FIELDS
 from mvformer.cli import main
 from mvformer.data.synthetic import generate_pouring_dataset
+from mvformer.runs import read_log
 from mvformer.train import loop
 
 
@@ -40,17 +41,17 @@ def test_a_resumed_run_finishes_its_final_evaluation(root, tmp_path, capsys):
     with nothing owed resumes to nothing."""
     run = tmp_path / "run"
     assert main(train_args(root, run)) == 0
-    records = read_metrics(run)
-    evaluation = records[-1]
-    assert evaluation["epoch"] == 1 and "eval" in evaluation
-    (run / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records[:-1]))  # the kill
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    evaluation = read_log(run).evaluations[-1]
+    assert evaluation.epoch == 1 and json.loads(lines[-1])["eval"] == evaluation.eval
+    (run / "metrics.jsonl").write_text("".join(lines[:-1]))  # the kill: after the last checkpoint, before this
 
     assert main([*train_args(root, run), "--resume"]) == 0
-    resumed = read_metrics(run)
-    assert len(resumed) == len(records) and resumed[-1]["epoch"] == 1
-    assert resumed[-1]["eval"] == evaluation["eval"]  # the same weights, scored the same way
+    resumed = read_log(run).evaluations
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == len(lines) and resumed[-1].epoch == 1
+    assert resumed[-1] == evaluation  # the same weights, scored the same way
     assert main([*train_args(root, run), "--resume"]) == 0
-    assert len(read_metrics(run)) == len(records)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == len(lines)
     capsys.readouterr()
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from mvformer.apps.report import run_metrics
-from mvformer.checkpoint import read_metrics
 from mvformer.cli import main
 from mvformer.config import load_config
 from mvformer.data.synthetic import generate_pouring_dataset
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.metrics import evaluate_embeddings
 from mvformer.evaluation.scorable import TASKS, skip_lines, unscorable_tasks
+from mvformer.runs import read_log
 
 UP_DOWN = [np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])]
 
@@ -104,10 +104,10 @@ def test_every_scorer_skips_progression_names_the_video_and_scores_the_rest(run_
             f"every phase but the last (0..2) in every labelled video; the other tasks are scored (to leave it out: "
             f"--set eval.tasks=[classification,kendalls_tau,retrieval])")
     assert err.count(line) == 1  # said once, before the first step, not at every evaluation
-    evaluation = next(record for record in read_metrics(run) if "eval" in record)
-    assert set(evaluation["eval"]["progression"].values()) == {None}
-    assert all(value is not None for value in evaluation["eval"]["classification"].values())
-    assert set(evaluation["time_only"]["progression"].values()) == {None}
+    evaluation = read_log(run).evaluations[0]
+    assert set(evaluation.eval["progression"].values()) == {None}
+    assert all(value is not None for value in evaluation.eval["classification"].values())
+    assert set(evaluation.time_only["progression"].values()) == {None}
 
     assert main(["evaluate", str(run), "--no-progress"]) == 0
     assert line in capsys.readouterr().err

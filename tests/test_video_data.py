@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mvformer.checkpoint import read_metrics
 from mvformer.config import EvalConfig, load_config
 from mvformer.data.datasets import VideoDataset, VideoRecord, check_label_pair, inside_root, relative_inside
-from mvformer.evaluation.embed import EvaluationSet, check_scorable
 from mvformer.data.video import count_frames, index_video, read_video, write_video
 from mvformer.errors import MVFormerError
+from mvformer.evaluation.embed import EvaluationSet, check_scorable
+from mvformer.runs import read_log
 from mvformer.train.loop import train
 
 PUSHUPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pushups"
@@ -423,7 +423,7 @@ def test_a_short_self_supervised_run_on_real_pushups_finishes_and_scores(tmp_pat
     metrics = result.final_metrics
     assert set(metrics) == {"classification", "progression", "kendalls_tau", "retrieval"}
     assert 0.0 <= metrics["classification"]["1.0"] <= 1.0 and -1.0 <= metrics["kendalls_tau"] <= 1.0
-    assert np.isfinite([r["loss"] for r in read_metrics(result.run_dir) if "loss" in r]).all()
+    assert np.isfinite([r.loss for r in read_log(result.run_dir).epochs]).all()
 
 
 def test_seeking_to_the_keyframe_before_a_clip_gives_the_same_frames_as_decoding_from_the_start(tmp_path):

@@ -23,9 +23,10 @@ from mvformer.features.cache import open_feature_cache
 from mvformer.files import output_folder
 from mvformer.hub import parse_hub_id
 from mvformer.progress import note
+from mvformer.runs import EVAL_METRICS_NAME, EVAL_NAME
 from mvformer.viz import PhaseLabels, plot_cost_matrices
 
-MARKER = "metrics.json"  # every evaluation folder holds it
+MARKER = EVAL_METRICS_NAME  # every evaluation folder holds it
 
 
 @dataclasses.dataclass
@@ -79,7 +80,7 @@ def evaluate_checkpoint(checkpoint: str, data_roots: list[str] | None = None, ou
     source = Path(checkpoint)
     if out_dir is None and parse_hub_id(checkpoint) is not None:
         raise MVFormerError(f"{checkpoint}: a Hub id has no run folder to hold eval/; pass --out DIR")
-    out = Path(out_dir) if out_dir else (source if source.is_dir() else source.parent) / "eval"
+    out = Path(out_dir) if out_dir else (source if source.is_dir() else source.parent) / EVAL_NAME
     trained = load_model(checkpoint)
     config = trained.config
     with output_folder(out, MARKER, overwrite, [*trained.inputs, *(data_roots or [config.data.root])]) as staging:

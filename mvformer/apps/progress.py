@@ -31,6 +31,7 @@ from mvformer.checkpoint import Trained, source_files
 from mvformer.data.datasets import VideoDataset
 from mvformer.errors import MVFormerError
 from mvformer.evaluation.metrics import progression_targets
+from mvformer.evaluation.scorable import first_video_lacking_a_phase
 from mvformer.files import atomic_paths, check_outputs, save_csv
 from mvformer.progress import note, progress_bar
 
@@ -120,12 +121,12 @@ def check_reference_phases(dataset: VideoDataset) -> list[str]:
         source = "classes.txt" if dataset.classes else "the labels"
         raise MVFormerError(f"{root}: {source} lists {len(names)} phases but no label of split {split!r} is "
                             f"{', '.join(repr(names[c]) for c in never)}; progress is fitted on every phase")
-    for record in labelled:
-        missing = np.setdiff1d(phases[:-1], record.labels)
-        if missing.size:
-            raise MVFormerError(f"{root}: labels/{record.name}.csv has no frame of phase "
-                                f"{', '.join(repr(names[c]) for c in missing)}; progress needs every phase but the "
-                                f"last ({names[-1]!r}) in every labelled reference video")
+    lacking = first_video_lacking_a_phase([record.labels for record in labelled], len(names))
+    if lacking is not None:
+        video, phase = lacking
+        raise MVFormerError(f"{root}: labels/{labelled[video].name}.csv has no frame of phase {names[phase]!r}; "
+                            f"progress needs every phase but the last ({names[-1]!r}) in every labelled reference "
+                            f"video")
     return names
 
 

@@ -31,7 +31,7 @@ from mvformer.apps.align import align_to_reference
 from mvformer.apps.attention import attention_maps, write_attention
 from mvformer.apps.retrieve import retrieve, write_retrieval
 from mvformer.apps.videos import DECODE_CHUNK, DEFAULT_FPS, check_videos, embed, list_videos, phase_labels
-from mvformer.checkpoint import METRICS_NAME, Trained, load_model, read_metrics
+from mvformer.checkpoint import Trained, load_model
 from mvformer.config import Config
 from mvformer.data.formats import open_dataset
 from mvformer.data.video import frame_chunks
@@ -44,6 +44,7 @@ from mvformer.evaluation.time_only import TIME_ONLY_LABEL, no_gain_line, time_on
 from mvformer.files import check_output_place, output_folder
 from mvformer.model.pooling import SpatialTokenPooling
 from mvformer.progress import progress_bar
+from mvformer.runs import EVAL_METRICS_NAME, EVAL_NAME, METRICS_NAME, read_evaluation, read_log
 
 MARKER = "report.json"
 ASSETS = ("report.css", "report.js")
@@ -120,19 +121,18 @@ def run_metrics(run_dir: Path, config: Config) -> dict:
     why a row is missing or None, and which tasks the labels do not allow}. The model's row is RUN/eval/
     metrics.json's mean (time-only scored on the labels and lengths of the same DATASET.npz files, for the same
     tasks), else the last evaluation in RUN/metrics.jsonl (time-only scored on the run's dataset, eval.tasks)."""
-    eval_json = run_dir / "eval" / "metrics.json"
-    if eval_json.is_file():
-        result = json.loads(eval_json.read_text())
-        files = [run_dir / "eval" / f"{name}.npz" for name in result["datasets"]]
+    result = read_evaluation(run_dir)
+    if result is not None:
+        files = [run_dir / EVAL_NAME / f"{name}.npz" for name in result["datasets"]]
         tasks = list(result["mean"])
         time_only = time_only_files(files, config.model.hidden_size, config.data.clip_len, config.eval.stride,
                                     config.eval.fractions, config.eval.ks, tasks, config.eval.classifier)
         skipped = [line for path in files for line in file_skip_lines(path, tasks, config.eval.fractions)]
         count = len(result["datasets"])
         return {"model": result["mean"], "time_only": time_only["mean"], "note": " ".join(skipped) or None,
-                "source": f"{eval_json}, mean over {count} dataset{'s' * (count != 1)}"}
-    evaluations = [r for r in read_metrics(run_dir) if isinstance(r.get("eval"), dict)] \
-        if (run_dir / METRICS_NAME).is_file() else []
+                "source": f"{run_dir / EVAL_NAME / EVAL_METRICS_NAME}, mean over {count} dataset"
+                          f"{'s' * (count != 1)}"}
+    evaluations = read_log(run_dir).evaluations
     if not evaluations:
         return {"model": None, "time_only": None, "source": None,
                 "note": f"no evaluation found in {run_dir}: run `mvformer evaluate {run_dir}` for the metrics"}
@@ -150,8 +150,8 @@ def run_metrics(run_dir: Path, config: Config) -> dict:
                                       config.model.hidden_size, config.data.clip_len, config.eval.fractions,
                                       config.eval.ks, config.eval.stride, config.eval.tasks, config.eval.classifier)
         note = " ".join(dataset.notes) or None
-    return {"model": evaluations[-1]["eval"], "time_only": time_only, "note": note,
-            "source": f"{run_dir / METRICS_NAME}, evaluation after epoch {evaluations[-1].get('epoch')}"}
+    return {"model": evaluations[-1].eval, "time_only": time_only, "note": note,
+            "source": f"{run_dir / METRICS_NAME}, evaluation after epoch {evaluations[-1].epoch}"}
 
 
 def _columns(metrics: dict) -> list[tuple[str, str, str | None]]:
@@ -193,9 +193,7 @@ def metrics_table(metrics: dict) -> str:
 
 def training_curve(run_dir: Path, name: str, target: Path) -> bool:
     """RUN/metrics.jsonl's loss per epoch as a PNG; False when the run logged none."""
-    if not (run_dir / METRICS_NAME).is_file():
-        return False
-    points = [(r["epoch"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r and "epoch" in r]
+    points = [(record.epoch, record.loss) for record in read_log(run_dir).epochs]
     if points:
         viz.plot_training_curves({name: points}, target)
     return bool(points)

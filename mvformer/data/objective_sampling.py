@@ -44,13 +44,19 @@ def sample_uniform_views(num_frames: int, clip_len: int, generator: np.random.Ge
     return _clip(_uniform_positions(num_frames, clip_len, generator, num_views), num_frames)
 
 
+def check_tcn_length(length: int, what: str = "data.clip_len") -> None:
+    """The one rule of TCN's layout: a clip interleaves anchors and positives, so its length is even."""
+    if length % 2:
+        raise MVFormerError(f"train.objective tcn draws anchor-positive pairs, interleaved: {what} ({length}) must be "
+                            f"even")
+
+
 def sample_tcn_pairs(num_frames: int, clip_len: int, generator: np.random.Generator, positive_window: int = 5,
                      num_views: int = 1) -> ClipViews:
     """TCN clips of `clip_len` (even) frames: clip_len / 2 offset_uniform anchors, each followed by its positive
     drawn uniformly from 1..positive_window frames before it (anchor, positive, anchor, positive, ...)."""
     _check(num_frames, clip_len, num_views)
-    if clip_len % 2:
-        raise MVFormerError(f"a TCN clip interleaves anchors and positives, so clip_len must be even, got {clip_len}")
+    check_tcn_length(clip_len)
     if positive_window < 1:
         raise MVFormerError(f"tcn positive_window must be >= 1, got {positive_window}")
     anchors = _uniform_positions(num_frames, clip_len // 2, generator, num_views)  # (V, K)

@@ -20,7 +20,7 @@ from mvformer.data.datasets import VideoDataset, check_generic_root, check_root,
 from mvformer.data.formats import open_dataset
 from mvformer.data.transforms import augment_views, normalize, prepare_frames
 from mvformer.errors import MVFormerError
-from mvformer.files import check_apart
+from mvformer.files import check_apart, exclusive_claim
 from mvformer.features.cache import (
     AUGMENTED_SPLIT,
     FORMAT_VERSION,
@@ -317,7 +317,19 @@ def cache_features(config: Config, out_dir: str | Path | None = None, copies: in
     backbone = (backbone or build_backbone(config.backbone.name, config.backbone.blocks, path=config.backbone.path,
                                            image_size=config.data.image_size,
                                            chunk_size=config.backbone.chunk_size)).to(device)
-    manifest = _fresh_manifest(config, backbone, copies, chunk_frames, datasets)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_claim(folder.with_name(f".{folder.name}.lock"), str(folder)):  # one writer at a time
+        _write_cache(folder, _fresh_manifest(config, backbone, copies, chunk_frames, datasets), copies, datasets,
+                     backbone, device, config.data.augment, note)
+    note(f"feature cache complete in {folder}")
+    return folder
+
+
+def _write_cache(folder: Path, manifest: dict, copies: int, datasets: Mapping[str, VideoDataset],
+                 backbone: FrozenBackbone, device: torch.device, augment: AugmentConfig,
+                 note: Callable[[str], None]) -> None:
+    """Resume or start the cache in `folder` (held by this process): reconcile an existing manifest, check the
+    disk, then fill every split chunk by chunk."""
     if (folder / MANIFEST_NAME).is_file():
         try:
             manifest = _reconcile(folder, read_manifest(folder), manifest, copies, note)
@@ -337,7 +349,7 @@ def cache_features(config: Config, out_dir: str | Path | None = None, copies: in
                                 f"{_human(free)} free")
         write_manifest(folder, manifest)
         for split, dataset in datasets.items():
-            _fill_split(folder, manifest, split, dataset, backbone, device, config.data.augment)
+            _fill_split(folder, manifest, split, dataset, backbone, device, augment)
     except OSError as error:
         done, count = _complete_chunks(manifest)
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -345,7 +357,5 @@ def cache_features(config: Config, out_dir: str | Path | None = None, copies: in
                                 f"and kept, free some space and rerun to resume") from None
         raise MVFormerError(f"{folder}: cannot write the feature cache ({error.strerror or error}); {done} of "
                             f"{count} chunks are complete, rerun to resume") from None
-    note(f"feature cache complete in {folder}")
-    return folder
 
 

@@ -12,6 +12,7 @@ an anchor nor a negative (the published loss ignores masks and so uses clamped d
 import torch
 
 from mvformer.config import TCNConfig
+from mvformer.data.objective_sampling import check_tcn_length
 from mvformer.errors import MVFormerError
 
 
@@ -25,8 +26,7 @@ def tcn_loss(embs: torch.Tensor, masks: torch.Tensor, config: TCNConfig = TCNCon
     """
     embs = embs.reshape(-1, *embs.shape[-2:])  # (N, 2K, E)
     masks = masks.reshape(-1, masks.shape[-1]).bool()  # (N, 2K)
-    if embs.shape[1] % 2:
-        raise MVFormerError(f"TCN clips interleave anchors and positives, so need an even length, got {embs.shape[1]}")
+    check_tcn_length(embs.shape[1], "the clip's length")
     anchors, positives = embs[:, 0::2], embs[:, 1::2]  # (N, K, E) each
     pairs = masks[:, 0::2] & masks[:, 1::2]  # (N, K)
     weights = pairs.to(embs.dtype)

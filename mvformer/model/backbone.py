@@ -435,4 +435,10 @@ def build_backbone(
     """
     if name not in BACKBONES:
         raise MVFormerError(f"unknown backbone '{name}': known names are {', '.join(BACKBONES)}")
-    return BACKBONES[name](list(blocks), path, image_size, chunk_size)
+    backbone = BACKBONES[name](list(blocks), path, image_size, chunk_size)
+    spoilt = next((key for key, value in backbone.state_dict().items()
+                   if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    if spoilt is not None:  # every frame's features would be NaN, and training would find out only at its end
+        raise MVFormerError(f"{path or name}: the backbone's weights hold NaN or Inf (first: '{spoilt}'); they cannot "
+                            f"be used")
+    return backbone

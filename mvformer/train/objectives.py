@@ -7,7 +7,7 @@ from torch import nn
 
 from mvformer.config import Config
 from mvformer.data.datasets import VideoDataset
-from mvformer.data.objective_sampling import sample_tcn_pairs, sample_uniform_views
+from mvformer.data.objective_sampling import check_tcn_length, sample_tcn_pairs, sample_uniform_views
 from mvformer.errors import MVFormerError
 from mvformer.losses.classification import FrameClassifier, frame_classification_loss
 from mvformer.losses.scl import sequence_contrastive_loss
@@ -78,9 +78,8 @@ def objective_head(config: Config, train_set: VideoDataset, ranks: Ranks) -> Fra
     if objective == "tcc" and config.train.batch_size // ranks.world_size < 2:
         raise MVFormerError(f"train.objective tcc aligns the videos of a batch: train.batch_size "
                             f"({config.train.batch_size}) must give every process at least 2 videos")
-    if objective == "tcn" and config.data.clip_len % 2:
-        raise MVFormerError(f"train.objective tcn draws anchor-positive pairs: data.clip_len "
-                            f"({config.data.clip_len}) must be even")
+    if objective == "tcn":
+        check_tcn_length(config.data.clip_len)
     if objective != "classification":
         return None
     if not train_set.labelled or train_set.num_classes is None:

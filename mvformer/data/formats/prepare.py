@@ -23,7 +23,7 @@ from mvformer.data.formats import format_named
 from mvformer.data.formats.penn_action import PENN_ACTIONS
 from mvformer.data.video import frame_image_paths
 from mvformer.errors import MVFormerError
-from mvformer.files import check_apart, write_text
+from mvformer.files import check_apart, exclusive_claim, write_text
 from mvformer.progress import note as say
 from mvformer.progress import progress_bar
 
@@ -190,11 +190,13 @@ def prepare(format: str, src: str | Path, dest: str | Path, subset: str | None =
         roots = [(dest / action, {split: split_data.action(action) for split, split_data in data.items()},
                   {**key, "subset": action}) for action in PENN_ACTIONS] + [(dest / "all", data, key)]
     try:
-        for root, root_data, root_key in roots:
-            splits = {split: split_data.records for split, split_data in root_data.items() if split_data.records}
-            if splits:
-                num_classes = next(iter(root_data.values())).num_classes
-                _write_generic(root, splits, num_classes, root_key, note)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_claim(dest.with_name(f".{dest.name}.lock"), str(dest)):  # one writer at a time
+            for root, root_data, root_key in roots:
+                splits = {split: split_data.records for split, split_data in root_data.items() if split_data.records}
+                if splits:
+                    num_classes = next(iter(root_data.values())).num_classes
+                    _write_generic(root, splits, num_classes, root_key, note)
     except OSError as error:
         raise MVFormerError(f"{dest}: cannot write the prepared dataset ({error.strerror or error}); what is written "
                             f"is kept, rerun to resume") from None
