@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvformer.losses.scl import sequence_contrastive_loss
+from mvformer.losses import sequence_contrastive_loss  # the name the README gives
 
 
 def published_loop_form(embs, steps, seq_lens, masks, temperature=0.1, variance=10.0):

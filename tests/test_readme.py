@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+from mvformer.cli import build_parser
 from mvformer.config import load_config
 from mvformer.data.synthetic import generate_pouring_dataset
 from mvformer.train.loop import train
@@ -39,3 +40,14 @@ def test_the_python_section_of_the_readme_runs(tmp_path):
     assert len(matches) == 3 and distances == sorted(distances)  # nearest first
     for name in ("aligned.mp4", "aligned_path.csv", "aligned_cost.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_the_command_list_names_every_command_and_the_readme_no_other():
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    block = re.search(r"## Commands\n\n```bash\n(.*?)```", README.read_text(), re.DOTALL).group(1)
+    listed = set(re.findall(r"^mvformer ([a-z-]+)", block, re.MULTILINE))
+    listed |= set(re.search(r"^mvformer (embed \|.*?) \.\.\.", block, re.MULTILINE).group(1).split(" | "))
+    assert listed == commands
+    text = README.read_text()  # commands as written: in backticks, or a line of a bash block
+    used = set(re.findall(r"`mvformer ([a-z-]+)", text)) | set(re.findall(r"^mvformer ([a-z-]+)", text, re.MULTILINE))
+    assert len(used) > 10 and used <= commands, used - commands

@@ -56,7 +56,8 @@ def test_constant_and_nearly_constant_embeddings_collapse():
     assert result.collapsed and result.effective_rank > 2 and "nearly alike" in result.reason
     line = warning_line(result, unreliable_metrics({"progression": {"1.0": -15993.68}, "kendalls_tau": None}))
     assert line.count("\n") == 0 and line.startswith("warning: the embeddings collapsed")
-    assert "progression@1.0, kendalls_tau cannot be read as scores" in line
+    assert ("progression@1.0 cannot be read as a score (R^2 -15993.68 is far below 0: worse than predicting the mean); "
+            "kendalls_tau cannot be read as a score (undefined: every pair of videos gives") in line
     assert embedding_spread(np.zeros((5, 4))).relative_spread == 0  # no norm at all: no division by zero
 
 

@@ -104,7 +104,7 @@ def warning_line(spread: Spread, unreliable: dict[str, str] | None = None) -> st
     if spread.collapsed:
         parts.append(f"the embeddings collapsed: {spread.reason}")
     if unreliable:
-        parts.append(f"{', '.join(unreliable)} cannot be read as scores")
+        parts.append("; ".join(f"{key} cannot be read as a score ({why})" for key, why in unreliable.items()))
     return "warning: " + "; ".join(parts) if parts else None
 
 
