@@ -66,9 +66,9 @@ LATER_FIELDS = ("scaler", "objective_head")  # version-2 fields that the first v
 def _check_fields(path: Path, state: dict, fields: dict) -> None:
     """One line naming the first field a (perhaps hand-made) checkpoint lacks or holds with the wrong type."""
     for name, kind in fields.items():
-        if name not in state and name in LATER_FIELDS:
-            continue
         if name not in state:
+            if name in LATER_FIELDS:
+                continue
             raise MVFormerError(f"{path}: the checkpoint lacks '{name}'")
         if not isinstance(state[name], kind) or isinstance(state[name], bool):
             raise MVFormerError(f"{path}: the checkpoint's '{name}' is a {type(state[name]).__name__}, not a "
@@ -85,9 +85,11 @@ def config_differences(stored: dict, current: dict, ignore: tuple[str, ...] = ()
             if key not in ignore and flat_stored.get(key, "<absent>") != flat_current.get(key, "<absent>")]
 
 
-def _from_checkpoint(path: str | Path, backbone: FrozenBackbone | None = None) -> tuple[MVFormer, Config]:
-    """A checkpoint's model (frozen backbone from its config, head from the checkpoint, eval mode) and config."""
-    state = load_checkpoint(path)
+def _from_checkpoint(path: str | Path, backbone: FrozenBackbone | None = None,
+                     state: dict | None = None) -> tuple[MVFormer, Config]:
+    """A checkpoint's model (frozen backbone from its config, head from the checkpoint, eval mode) and config;
+    `state`: the checkpoint at `path`, where the caller has already loaded it."""
+    state = load_checkpoint(path) if state is None else state
     config = config_from_dict(state["config"], f"{path} (stored config)")
     model = build_model(config, backbone)
     model.load_trainable_state_dict(state["model"], str(path))
@@ -154,7 +156,7 @@ def export_checkpoint(run_or_checkpoint: str | Path, out: str | Path, overwrite:
     source = Path(run_or_checkpoint)
     checkpoint = source / CHECKPOINT_NAME if source.is_dir() else source
     state = load_checkpoint(checkpoint)
-    model, config = _from_checkpoint(checkpoint)
+    model, config = _from_checkpoint(checkpoint, state=state)
     # Version 1 stored the last finished epoch; version 2 stores where to resume (epoch, step within it).
     trained_epochs = state["epoch"] + 1 if state["version"] == 1 else state["epoch"]
     at_epoch_end = state.get("step", 0) == 0 and trained_epochs > 0

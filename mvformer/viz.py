@@ -163,23 +163,26 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(FONT_FILE, size)
 
 
-@lru_cache(maxsize=4096)
-def caption(lines: tuple[Line, ...], width: int, line_height: int) -> np.ndarray:
-    """Lines of coloured text on BAR_BACKGROUND, cut with an ellipsis where too long: uint8 (lines *
-    line_height, width, 3). Cached: a video's captions repeat (a name, a phase)."""
+@lru_cache(maxsize=1024)
+def _caption_line(pieces: Line, width: int, line_height: int) -> np.ndarray:
+    """One line of coloured text on BAR_BACKGROUND, cut with an ellipsis where too long: uint8 (line_height, width,
+    3). Cached: lines repeat across a video's frames (a name, a phase) where whole captions do not (frame numbers)."""
     font = _font(max(8, round(line_height * 0.7)))
-    image = Image.new("RGB", (width, line_height * len(lines)), tuple(int(c) for c in BAR_BACKGROUND))
+    image = Image.new("RGB", (width, line_height), tuple(int(c) for c in BAR_BACKGROUND))
     draw = ImageDraw.Draw(image)
-    margin = line_height // 3
-    for row, pieces in enumerate(lines):
-        x = margin
-        for text, colour in pieces:
-            room = width - margin - x
-            while text and draw.textlength(text, font=font) > room:
-                text = text[:-2] + "…" if len(text) > 1 else ""
-            draw.text((x, (row + 0.5) * line_height), text, fill=colour, font=font, anchor="lm")
-            x += draw.textlength(text, font=font)
+    x = margin = line_height // 3
+    for text, colour in pieces:
+        room = width - margin - x
+        while text and draw.textlength(text, font=font) > room:
+            text = text[:-2] + "…" if len(text) > 1 else ""
+        draw.text((x, 0.5 * line_height), text, fill=colour, font=font, anchor="lm")
+        x += draw.textlength(text, font=font)
     return np.asarray(image)
+
+
+def caption(lines: tuple[Line, ...], width: int, line_height: int) -> np.ndarray:
+    """Lines of coloured text, one under the other: uint8 (lines * line_height, width, 3)."""
+    return np.concatenate([_caption_line(pieces, width, line_height) for pieces in lines])
 
 
 def add_captions(frames: np.ndarray, captions: Sequence[tuple[Line, ...]]) -> np.ndarray:

@@ -143,7 +143,9 @@ def test_embed_video_in_chunks_equals_one_pass_with_interpolated_time():
     frames = torch.randn(11, 3, 32, 32, dtype=torch.float64)
     chunked = model.embed_video(frames, chunk_size=4)  # handed over in float32, as videos' embeddings are
     whole = model(frames[None])[0].float()
-    assert_same_maths(chunked, whole, MODEL_REDUCTION, MODEL_DEPTH)
+    # The same maths in float64 (differences ~1e-15), each rounded once to float32: at most one float32 step apart
+    # on unit-norm rows.
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=torch.finfo(torch.float32).eps)
 
 
 def test_time_only_control_ignores_the_frames():

@@ -15,7 +15,7 @@ import numpy as np
 from mvformer.checkpoint import Trained, load_model
 from mvformer.data.datasets import VideoDataset
 from mvformer.errors import MVFormerError
-from mvformer.evaluation.alignment import cost_matrix, nearest_neighbour_path
+from mvformer.evaluation.alignment import align
 from mvformer.evaluation.embed import EvaluationSet, embed_split, evaluation_sets
 from mvformer.evaluation.embeddings_io import format_table
 from mvformer.evaluation.scoring import score_with_controls
@@ -64,12 +64,12 @@ def _embed_set(trained: Trained, dataset: EvaluationSet) -> tuple[list, list]:
 def plot_alignment_picture(embeddings: list[np.ndarray], dataset: VideoDataset, path: Path) -> None:
     """alignment.png: the distances of the first two validation videos' frames, (La, E) and (Lb, E), with each
     frame's nearest neighbour (the pairs Kendall's tau scores) and their phases where labelled."""
-    costs = cost_matrix(*embeddings)  # (La, Lb)
+    costs, path_nn = align(*embeddings, "nn")  # (La, Lb), (K, 2)
     names = dataset.classes or [str(phase) for phase in range(dataset.num_classes or 0)]
     phases = [PhaseLabels(record.labels, names) if record.labels is not None and names else None
               for record in dataset.records[:2]]
-    plot_cost_matrices([costs], [nearest_neighbour_path(costs)], [dataset.records[1].name], dataset.records[0].name,
-                       path, "nearest neighbours", phases[0], phases[1:])
+    plot_cost_matrices([costs], [path_nn], [dataset.records[1].name], dataset.records[0].name, path,
+                       "nearest neighbours", phases[0], phases[1:])
 
 
 def evaluate_checkpoint(checkpoint: str, data_roots: list[str] | None = None, out_dir: str | None = None,

@@ -23,7 +23,6 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-import av
 import numpy as np
 
 from mvformer import viz
@@ -63,24 +62,12 @@ def browser_rate(fps: float | None) -> Fraction:
 
 def encode_for_browser(source: Path, target: Path, height: int, fps: float | None) -> int:
     """Every frame of a video at `height` pixels (aspect kept, even sizes) as an H.264 mp4 that browsers play and
-    seek frame-exactly: yuv420p, no B-frames, a keyframe every KEYFRAME_INTERVAL frames, the index before the
-    data (+faststart), frame i shown from time i / rate. Decodes in chunks; returns the frame count."""
-    rate = browser_rate(fps)
-    count = 0
-    with av.open(str(target), mode="w", options={"movflags": "+faststart"}) as container:
-        stream = None
+    seek frame-exactly (viz.AnimationWriter: yuv420p, no B-frames, the index first), a keyframe every
+    KEYFRAME_INTERVAL frames, frame i shown from time i / rate. Decodes in chunks; returns the frame count."""
+    with viz.AnimationWriter(target, browser_rate(fps), crf=20, keyframe_interval=KEYFRAME_INTERVAL) as writer:
         for chunk in frame_chunks(source, DECODE_CHUNK):
-            if stream is None:
-                width = viz.display_width(*chunk.shape[1:3], height)
-                stream = container.add_stream("libx264", rate=rate)
-                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-                stream.options = {"crf": "20", "preset": "veryfast",
-                                  "x264-params": f"keyint={KEYFRAME_INTERVAL}:bframes=0"}
-            for rgb in viz.resize_frames(chunk, height, stream.width):
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
-            count += len(chunk)
-        container.mux(stream.encode(None))
-    return count
+            writer.write(viz.resize_frames(chunk, height, viz.display_width(*chunk.shape[1:3], height)))
+    return writer.count
 
 
 def default_videos(config: Config, count: int) -> tuple[list[Path], list[viz.PhaseLabels | None]]:

@@ -38,7 +38,7 @@ from mvformer.model.efficientnet import (
     map_channels,
     map_side,
 )
-from mvformer.model.weights import describe, is_weights_file, load_backbone_file
+from mvformer.model.weights import describe, first_nonfinite, is_weights_file, load_backbone_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -436,8 +436,7 @@ def build_backbone(
     if name not in BACKBONES:
         raise MVFormerError(f"unknown backbone '{name}': known names are {', '.join(BACKBONES)}")
     backbone = BACKBONES[name](list(blocks), path, image_size, chunk_size)
-    spoilt = next((key for key, value in backbone.state_dict().items()
-                   if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    spoilt = first_nonfinite(backbone.state_dict())
     if spoilt is not None:  # every frame's features would be NaN, and training would find out only at its end
         raise MVFormerError(f"{path or name}: the backbone's weights hold NaN or Inf (first: '{spoilt}'); they cannot "
                             f"be used")

@@ -18,6 +18,7 @@ from mvformer.errors import MVFormerError
 from mvformer.model.backbone import FrozenBackbone, build_backbone
 from mvformer.model.pooling import build_pooling
 from mvformer.model.temporal import TemporalEncoder
+from mvformer.model.weights import first_nonfinite
 
 
 def fc_stack(in_dim: int, widths: list[int], dropout: float) -> nn.Sequential:
@@ -214,15 +215,15 @@ class MVFormer(nn.Module):
             if value.is_floating_point() and not state[key].is_floating_point():
                 raise MVFormerError(f"{source}: weight '{key}' is {state[key].dtype}, not floating point; the "
                                     f"model's weights are {value.dtype}")
-            if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
-                raise MVFormerError(f"{source}: the weights hold NaN or Inf (first: '{key}'); they cannot be used")
+        nonfinite = first_nonfinite({key: state[key] for key in expected})
+        if nonfinite is not None:
+            raise MVFormerError(f"{source}: the weights hold NaN or Inf (first: '{nonfinite}'); they cannot be used")
         self.load_state_dict(state, strict=False)
 
 
 def check_finite_weights(model: MVFormer, source: str) -> None:
     """Refuse weights that hold NaN or Inf: nothing made from them (embeddings, exports) would mean anything."""
-    bad = next((key for key, value in model.trainable_state_dict().items()
-                if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    bad = first_nonfinite(model.trainable_state_dict())
     if bad is not None:
         raise MVFormerError(f"{source}: the weights hold NaN or Inf (first: '{bad}'); they cannot be used")
 

@@ -59,6 +59,12 @@ def is_weights_file(path: str | Path) -> bool:
     return path.is_file() or (not path.is_dir() and path.suffix.lower() in WEIGHTS_FILE_SUFFIXES)
 
 
+def first_nonfinite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first key of a state dict whose floating-point tensor holds NaN or Inf, or None."""
+    return next((key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()),
+                None)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The backbone tensors of a weights file: unwrapped from a training checkpoint, prefixes removed, on the CPU."""
     path = Path(path)
@@ -285,8 +291,7 @@ def _load_mapped(model: PreTrainedModel, mapped: dict[str, torch.Tensor], path: 
                     and not value.is_floating_point()), None)
     if integer:
         raise MVFormerError(f"{path}: '{integer}' is {mapped[integer].dtype}, not floating point")
-    nonfinite = next((key for key, value in mapped.items() if value.is_floating_point()
-                      and not torch.isfinite(value).all()), None)
+    nonfinite = first_nonfinite(mapped)
     if nonfinite:
         raise MVFormerError(f"{path}: the weights hold NaN or Inf (first: '{nonfinite}'); they cannot be used")
     model.load_state_dict({key: value.to(expected[key].dtype) for key, value in mapped.items()})

@@ -30,6 +30,7 @@ from mvformer.evaluation.scoring import score_with_controls
 from mvformer.features.cache import FeatureCache, open_feature_cache
 from mvformer.losses.classification import FrameClassifier
 from mvformer.model.mvformer import MVFormer, build_model
+from mvformer.model.weights import first_nonfinite
 from mvformer.progress import note, progress_bar, silent
 from mvformer.runs import (CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME, METRICS_NAME, EpochRecord, EvalRecord, MetricsLog,
                            read_log, run_folder_lock)
@@ -221,8 +222,7 @@ def _evaluate(run: _Run) -> dict | None:
 def _checkpoint(run: _Run, epoch: int, step: int, epoch_losses: list[float], where: str) -> None:
     """Write everything a resume needs to continue at (epoch, step) exactly; collective: every rank calls it.
     Weights that hold NaN or Inf are refused, so the last good checkpoint stays the latest."""
-    if not all(torch.isfinite(value).all() for value in run.model.trainable_state_dict().values()
-               if value.is_floating_point()):
+    if first_nonfinite(run.model.trainable_state_dict()) is not None:
         raise MVFormerError(f"{where}: the weights hold NaN or Inf; not writing a checkpoint over the last good one")
     state = {"version": CHECKPOINT_VERSION, "config": run.config.to_dict(), "epoch": epoch, "step": step,
              "world_size": run.ranks.world_size, "model": run.model.trainable_state_dict(),
@@ -234,12 +234,10 @@ def _checkpoint(run: _Run, epoch: int, step: int, epoch_losses: list[float], whe
         save_checkpoint(run.checkpoint_path, state)
 
 
-def _step(run: _Run, clips: dict, autocast: torch.autocast) -> tuple[float, bool, torch.Tensor]:
+def _step(run: _Run, clips: dict, autocast: torch.autocast) -> tuple[float, bool, float]:
     """One optimisation step on this rank's share of a global batch (collated `clips`); returns the global batch's
-    loss, whether it
-    was finite, and the gradient norm before clipping (a tensor on the device: reading it would sync). A step with
-    a NaN/Inf loss or gradient norm changes nothing, on every rank: no update, and the BatchNorm running
-    statistics are put back as they were."""
+    loss, whether it was finite, and the gradient norm before clipping. A step with a NaN/Inf loss or gradient norm
+    changes nothing, on every rank: no update, and the BatchNorm running statistics are put back as they were."""
     config, device, model = run.config, run.device, run.model
     batch = training_batch(clips, device, config.data.image_size, config.data.augment, model.backbone.mean,
                            model.backbone.std)
@@ -258,7 +256,8 @@ def _step(run: _Run, clips: dict, autocast: torch.autocast) -> tuple[float, bool
         run.scaler.unscale_(run.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.step_module.parameters(), config.train.grad_clip)
     global_loss = float(sum_over_ranks((loss * valid).detach()) / all_valid)
-    finite = not any_rank(not (math.isfinite(global_loss) and torch.isfinite(grad_norm)), device)
+    norm = float(grad_norm)  # read after the loss has synced the device: no further wait
+    finite = not any_rank(not (math.isfinite(global_loss) and math.isfinite(norm)), device)
     if finite:
         run.scaler.step(run.optimizer) if run.scaler is not None else run.optimizer.step()
     else:
@@ -268,7 +267,7 @@ def _step(run: _Run, clips: dict, autocast: torch.autocast) -> tuple[float, bool
             buffers[name].copy_(value)
     if run.scaler is not None:
         run.scaler.update()  # a skipped fp16 step lowers the scale
-    return global_loss, finite, grad_norm.detach()
+    return global_loss, finite, norm
 
 
 def _note_of(config: Config, line: str) -> None:
@@ -322,7 +321,7 @@ def _train_epoch(run: _Run, epoch: int, first_step: int, epoch_losses: list[floa
         group["lr"] = lr
     run.model.train()
     clip_count, started, every_steps = 0, time.perf_counter(), config.train.checkpoint_every_steps
-    steps, finite_steps, moved = 0, 0, torch.zeros((), dtype=torch.bool, device=run.device)
+    steps, finite_steps, moved = 0, 0, False
     calibrating = 0  # fp16 steps skipped while the gradient scaler finds its scale (finite loss, overflowing grads)
     for step, batch in enumerate(loader, start=first_step):
         _count_skipped(run, batch.pop("skipped"))
@@ -334,7 +333,7 @@ def _train_epoch(run: _Run, epoch: int, first_step: int, epoch_losses: list[floa
         calibrating += not finite and run.scaler is not None and math.isfinite(global_loss)
         if finite:
             epoch_losses.append(global_loss)
-            moved |= grad_norm > 0
+            moved = moved or grad_norm > 0
         _count_finite(run, finite, epoch, step)
         clip_count += config.train.batch_size
         if every_steps and (step + 1) % every_steps == 0 and step + 1 < steps_per_epoch:
@@ -343,7 +342,7 @@ def _train_epoch(run: _Run, epoch: int, first_step: int, epoch_losses: list[floa
         bar.set_postfix(epoch=epoch, loss=f"{global_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}",
                         skipped=run.counters["skipped_videos"], nonfinite=run.counters["nonfinite_steps"])
         bar.update()
-    _check_learned(run, epoch, steps - calibrating, finite_steps, bool(moved))
+    _check_learned(run, epoch, steps - calibrating, finite_steps, moved)
     return clip_count / max(time.perf_counter() - started, 1e-9)
 
 
