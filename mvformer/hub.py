@@ -75,16 +75,25 @@ def _malformed(text: str, reason: str) -> MVFormerError:
                          f"existing folder or weights file, or an id such as facebook/dino-vitb8")
 
 
+_resolved: dict[tuple, Path] = {}  # (id, cache, offline, endpoint) -> snapshot folder, for this process
+
+
 def resolve(reference: str | Path) -> Path:
     """Where `reference` lies on the local disk: the path itself, or a Hub id's snapshot folder holding the
-    repository's JSON files and one weights format (safetensors, else PyTorch .bin), downloaded when missing."""
+    repository's JSON files and one weights format (safetensors, else PyTorch .bin), downloaded when missing.
+
+    An id is looked up once per process (online, each lookup asks the Hub), while its folder exists."""
     hub_id = parse_hub_id(reference)
     if hub_id is None:
         return Path(reference)
+    key = (hub_id, constants.HF_HUB_CACHE, is_offline_mode(), constants.ENDPOINT)
+    if key in _resolved and _resolved[key].is_dir():
+        return _resolved[key]
     for weights in SNAPSHOT_WEIGHTS:
         folder = _snapshot(hub_id, [*SNAPSHOT_FILES, weights])
         if any(folder.glob(weights)):
-            return folder
+            break
+    _resolved[key] = folder
     return folder
 
 

@@ -138,10 +138,15 @@ def test_the_lite0_config_drives_the_model():
     model = MVFormer(config.model, config.backbone, image_size=config.data.image_size, train_len=4).eval()
     size = config.data.image_size
 
-    embeddings = model(pixels(8, size, dtype=torch.float32).view(2, 4, 3, size, size))
+    frames = pixels(8, size, dtype=torch.float32)
+    embeddings = model(frames.view(2, 4, 3, size, size))
 
-    assert config.backbone.name == "efficientnet_lite0" and embeddings.shape == (2, 4, config.model.embedding_size)
-    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(2, 4))
+    # blocks 10 (112 channels, 14x14 pooled to 7x7) and 15 (320, 7x7): the model runs that backbone on its frames
+    assert (model.backbone.grid, model.backbone.patch_dim, model.backbone.cls_dim) == ((7, 7), 432, 1280)
+    for got, expected in zip(model.backbone(frames), build_backbone("efficientnet_lite0", [10, 15], image_size=224)(
+            frames)):
+        assert torch.equal(got, expected)
+    assert embeddings.shape == (2, 4, config.model.embedding_size)
 
 
 def edited(state, key, value):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import constants
+from huggingface_hub import snapshot_download as real_snapshot_download
 from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache  # the library's own writer
 from safetensors.torch import load_file
 from transformers import ViTConfig, ViTModel
@@ -24,6 +25,7 @@ from mvformer.checkpoint import load_model, trainable_weights
 from mvformer.config import CONFIG_DIR, load_config
 from mvformer.errors import MVFormerError
 from mvformer.features.cache import backbone_fingerprint, cache_identity, default_cache_dir
+import mvformer.hub
 from mvformer.hub import HubId, parse_hub_id, resolve
 from mvformer.model.backbone import build_backbone
 from mvformer.model.mvformer import build_model
@@ -205,6 +207,20 @@ def test_a_backbone_by_id_equals_the_folder_it_was_published_from(hub_cache):
     for reference in (VIT_ID, f"{VIT_ID}@main", f"{VIT_ID}@v1", f"{VIT_ID}@{COMMIT}"):
         assert resolve(reference) == snapshot
         assert_same_features(features(reference), from_folder)
+
+
+def test_an_id_is_looked_up_once_per_process_while_its_folder_exists(hub_cache, monkeypatch):
+    """Online, each lookup asks the Hub: a run reads its backbone's id in several places (the model, the feature
+    cache's identity and its check), one lookup serves them all."""
+    snapshot = publish(hub_cache, VIT_ID, tiny_vit_folder(hub_cache.parent / "published", seed=0), "d" * 40)
+    calls = []
+    monkeypatch.setattr(mvformer.hub, "snapshot_download",
+                        lambda *args, **kwargs: calls.append(args) or real_snapshot_download(*args, **kwargs))
+    assert resolve(VIT_ID) == resolve(VIT_ID) == snapshot and len(calls) == 1
+    assert resolve(f"{VIT_ID}@main") == snapshot and len(calls) == 2  # another id: its own lookup
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache.parent / "elsewhere"))
+    with pytest.raises(MVFormerError):  # another cache: looked up there, where it is not
+        resolve(VIT_ID)
 
 
 def test_a_repository_holding_only_pytorch_weights_loads(hub_cache):

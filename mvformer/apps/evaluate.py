@@ -65,7 +65,7 @@ def plot_alignment_picture(embeddings: list[np.ndarray], dataset: VideoDataset, 
     """alignment.png: the distances of the first two validation videos' frames, (La, E) and (Lb, E), with each
     frame's nearest neighbour (the pairs Kendall's tau scores) and their phases where labelled."""
     costs, path_nn = align(*embeddings, "nn")  # (La, Lb), (K, 2)
-    names = dataset.classes or [str(phase) for phase in range(dataset.num_classes or 0)]
+    names = dataset.phase_names
     phases = [PhaseLabels(record.labels, names) if record.labels is not None and names else None
               for record in dataset.records[:2]]
     plot_cost_matrices([costs], [path_nn], [dataset.records[1].name], dataset.records[0].name, path,

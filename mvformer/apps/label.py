@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvformer.apps.videos import VideoEmbedding, embed, list_videos, output_name
+from mvformer.apps.videos import TRANSFERRED_MARKER, VideoEmbedding, embed, list_videos, output_name
 from mvformer.checkpoint import Trained, load_model, source_files
 from mvformer.data.datasets import VideoDataset, _read_classes, _read_video_labels, check_video_name, write_split
 from mvformer.errors import MVFormerError
@@ -47,7 +47,7 @@ from mvformer.evaluation.transfer import (
 from mvformer.files import check_output_place, output_folder, write_csv, write_text
 from mvformer.progress import note, progress_bar
 
-SUMMARY_NAME = "transfer.json"
+SUMMARY_NAME = TRANSFERRED_MARKER  # its presence marks the labels beside it as transferred
 SPLIT_NAME = "all"
 
 

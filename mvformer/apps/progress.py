@@ -112,7 +112,7 @@ def check_reference_phases(dataset: VideoDataset) -> list[str]:
     labelled = [record for record in dataset.records if (record.labels >= 0).any()]
     if not labelled:
         raise MVFormerError(f"{root}: no labelled frame in the reference split {split!r} (every label is -1)")
-    names = dataset.classes or [str(phase) for phase in range(dataset.num_classes)]
+    names = dataset.phase_names
     if len(names) < 2:
         raise MVFormerError(f"{root}: progress needs at least two phases, the labels hold one")
     phases = np.arange(len(names))  # (C,)

@@ -29,7 +29,8 @@ from mvformer import viz
 from mvformer.apps.align import align_to_reference
 from mvformer.apps.attention import attention_maps, write_attention
 from mvformer.apps.retrieve import retrieve, write_retrieval
-from mvformer.apps.videos import DECODE_CHUNK, DEFAULT_FPS, check_videos, embed, list_videos, phase_labels
+from mvformer.apps.videos import (DECODE_CHUNK, DEFAULT_FPS, TRANSFERRED_MARKER, check_videos, embed, list_videos,
+                                  phase_labels)
 from mvformer.checkpoint import Trained, load_model
 from mvformer.config import Config
 from mvformer.data.formats import open_dataset
@@ -76,8 +77,8 @@ def default_videos(config: Config, count: int) -> tuple[list[Path], list[viz.Pha
         dataset = open_dataset(config.data.root, "val", config.data.format, config.data.subset)
     except MVFormerError as error:
         raise MVFormerError(f"pass --videos: the run's validation videos cannot be opened ({error})") from None
-    names = dataset.classes or [str(phase) for phase in range(dataset.num_classes or 0)]
-    transferred = (Path(config.data.root) / "transfer.json").is_file()  # the output of `mvformer label`
+    names = dataset.phase_names
+    transferred = (Path(config.data.root) / TRANSFERRED_MARKER).is_file()  # the output of `mvformer label`
     records = dataset.records[:count]
     return [record.path for record in records], [
         viz.PhaseLabels(record.labels, names, transferred) if record.labels is not None and names else None

@@ -29,6 +29,8 @@ from mvformer.errors import MVFormerError
 from mvformer.model.mvformer import MVFormer
 from mvformer.progress import progress_bar
 
+TRANSFERRED_MARKER = "transfer.json"  # what `mvformer label` writes beside the labels it transferred
+
 FRAME_MODES: tuple[str, ...] = typing.get_args(AppFrames)
 
 
@@ -243,7 +245,7 @@ def output_name(path: Path) -> str:
 def phase_labels(video: Path, num_frames: int) -> viz.PhaseLabels | None:
     """The phases of a video of a generic-layout dataset (ROOT/videos/NAME.ext or frame folder NAME, labels in
     ROOT/labels/NAME.csv, named by ROOT/classes.txt): hand labels, or labels `mvformer label` transferred (its
-    output holds transfer.json); None for a video without them. The labels must have `num_frames` rows, one per
+    output holds TRANSFERRED_MARKER); None for a video without them. The labels must have `num_frames` rows, one per
     frame of the video."""
     video = Path(os.path.abspath(video))
     root, name = video.parent.parent, output_name(video)
@@ -255,7 +257,7 @@ def phase_labels(video: Path, num_frames: int) -> viz.PhaseLabels | None:
         raise MVFormerError(f"{root}: labels/{name}.csv has {len(labels)} rows but {video} has {num_frames} "
                             f"frames")
     names = classes or [str(phase) for phase in range(labels.max(initial=-1) + 1)]
-    return viz.PhaseLabels(labels, names, transferred=(root / "transfer.json").is_file())
+    return viz.PhaseLabels(labels, names, transferred=(root / TRANSFERRED_MARKER).is_file())
 
 
 def phase_text(phases: viz.PhaseLabels | None, frame: int) -> str:

@@ -372,6 +372,11 @@ class VideoDataset:
         self.num_classes = num_classes if num_classes is not None else (
             len(classes) if classes is not None else self._largest_label_plus_one())
 
+    @property
+    def phase_names(self) -> list[str]:
+        """A name per class: classes.txt's, else the class indices as text (none when nothing is labelled)."""
+        return self.classes or [str(phase) for phase in range(self.num_classes or 0)]
+
     def _largest_label_plus_one(self) -> int | None:
         """Class count inferred from integer labels (no classes.txt); None when no frame is labelled."""
         largest = max((int(r.labels.max()) for r in self.records if r.labels is not None and len(r.labels)), default=-1)
