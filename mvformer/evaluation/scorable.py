@@ -35,14 +35,18 @@ def fewest_probe_videos(num_train: int, fractions: Sequence[float]) -> int:
 
 def first_video_lacking_a_phase(videos: Sequence[np.ndarray], num_classes: int) -> tuple[int, int] | None:
     """(video, phase) of the first video with labelled frames but no frame of some phase 0..C-2, or None."""
-    needed = np.arange(max(num_classes - 1, 0))  # (C - 1,)
-    for index, labels in enumerate(videos):
-        labels = np.asarray(labels)
-        if (labels >= 0).any():
-            missing = np.setdiff1d(needed, labels)
-            if missing.size:
-                return index, int(missing[0])
-    return None
+    if not videos:
+        return None
+    owner = np.repeat(np.arange(len(videos)), [len(labels) for labels in videos])  # (frames,) video of each frame
+    labels = np.concatenate([np.asarray(labels) for labels in videos]).astype(np.int64)  # (frames,)
+    labelled = np.bincount(owner[labels >= 0], minlength=len(videos)) > 0  # (videos,)
+    needed = (labels >= 0) & (labels < num_classes - 1)
+    video = np.unique(owner[needed] * num_classes + labels[needed]) // num_classes  # one entry per (video, phase)
+    lacking = np.flatnonzero(labelled & (np.bincount(video, minlength=len(videos)) < num_classes - 1))
+    if not lacking.size:
+        return None
+    first = int(lacking[0])
+    return first, int(np.setdiff1d(np.arange(num_classes - 1), videos[first])[0])
 
 
 def _video_name(names: Sequence[str] | None, split: str, index: int) -> str:

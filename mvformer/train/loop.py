@@ -275,16 +275,18 @@ def _note_of(config: Config, line: str) -> None:
     note(f"{config.name}: {line}")
 
 
-def _count_skipped(run: _Run, skipped: list[str]) -> None:
-    """Count the batch's unreadable videos over all ranks; name each once."""
-    count = len(skipped)
+def _count_skipped(run: _Run, skipped: list[str], empty: bool) -> bool:
+    """Count the batch's unreadable videos over all ranks, naming each once; returns whether any rank's share of
+    the batch is `empty` (one reduction over the ranks for both)."""
+    count, empty_shares = len(skipped), int(empty)
     if run.ranks.distributed:  # on the device: NCCL reduces GPU tensors only
-        count = int(sum_over_ranks(torch.tensor(count, device=run.device)))
+        count, empty_shares = map(int, sum_over_ranks(torch.tensor([count, empty_shares], device=run.device)))
     run.counters["skipped_videos"] += count
     for reason in skipped:
         if reason not in run.warned:
             run.warned.add(reason)
             _note_of(run.config, f"skipping unreadable video: {reason}")  # every rank names its own
+    return empty_shares > 0
 
 
 def _count_finite(run: _Run, finite: bool, epoch: int, step: int) -> None:
@@ -324,8 +326,8 @@ def _train_epoch(run: _Run, epoch: int, first_step: int, epoch_losses: list[floa
     steps, finite_steps, moved = 0, 0, False
     calibrating = 0  # fp16 steps skipped while the gradient scaler finds its scale (finite loss, overflowing grads)
     for step, batch in enumerate(loader, start=first_step):
-        _count_skipped(run, batch.pop("skipped"))
-        if any_rank(not batch, run.device):  # a rank has nothing left of its share: the step is skipped
+        skipped = batch.pop("skipped")
+        if _count_skipped(run, skipped, not batch):  # a rank has nothing left of its share: the step is skipped
             bar.update()
             continue
         global_loss, finite, grad_norm = _step(run, batch, autocast)
